@@ -1,0 +1,1 @@
+"""Backbone registry, projection heads and embedders."""
