@@ -1,0 +1,1 @@
+"""Metrics: retrieval (CMC, mAP), verification (ROC, EER, TAR@FAR) and classification."""
