@@ -137,8 +137,8 @@ def test_tar_at_far_undefined_with_too_few_impostors() -> None:
 
 def test_threshold_at_far_accept_nothing_case() -> None:
     # the top impostor ties with the top genuine: only "accept nothing" has FAR 0
-    s = np.r_[[1.0, 1.0], np.zeros(200)]
-    y = np.r_[[1, 0], np.zeros(200, int)]
+    s = np.r_[[1.0, 1.0, 1.0, 1.0], np.zeros(200)]
+    y = np.r_[[1, 0, 0, 0], np.zeros(200, int)]  # FAR 3/203 > 1 % at the top score
     t = V.threshold_at_far(s, y, 1e-2)
     assert t > 1.0 and not (s >= t).any()
 
