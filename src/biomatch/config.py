@@ -1,0 +1,65 @@
+"""Typed, validated experiment configs loaded from YAML (configs/*.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from biomatch.errors import InputError, NotFoundError
+
+
+class MethodConfig(BaseModel):
+    """One dorsal→palmar method: features, head, objective, batches and optimization."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    backbones: list[str] = Field(default_factory=lambda: ["efficientnet_lite0"], min_length=1)
+    pool: str = "avg"
+    image_size: int | None = Field(default=None, ge=32, le=1024)
+    mode: Literal["frozen", "finetune"] = "frozen"
+    mirror_gallery: bool = False  # feed palmar images horizontally mirrored (aligns silhouettes)
+    flip_augment: bool = False  # train on mirrored copies of both views at random
+    tta: bool = False  # average the embeddings of each image and its mirror at test time
+    head_dims: list[int] = Field(default_factory=lambda: [512, 128])
+    normalize: bool = True
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    objective: Literal["pml", "cross_view", "pair_contrastive"] = "pml"
+    loss: str = "triplet"
+    miner: str = "batch_hard"
+    margin: float | None = None
+    sampler: Literal["pk", "pk_view", "pairs"] = "pk"
+    p: int = Field(default=16, ge=2)
+    k: int = Field(default=4, ge=1)
+    pairs_per_batch: int = Field(default=64, ge=1)
+    batches_per_epoch: int | None = Field(default=None, ge=1)
+    epochs: int = Field(default=40, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    backbone_lr: float = Field(default=1e-5, gt=0)
+    warmup_head_epochs: int = Field(default=0, ge=0)
+    patience: int = Field(default=0, ge=0)
+    batch_size_embed: int = Field(default=64, ge=1)
+
+
+def load_method(path: str | Path) -> MethodConfig:
+    """Read and validate one YAML method config; errors name the file and the field."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"config not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{path} must hold a mapping of settings, got {type(data).__name__}")
+    data.setdefault("name", path.stem)
+    try:
+        return MethodConfig(**data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InputError(f"bad config {path}: {problems}") from exc

@@ -1,0 +1,98 @@
+"""Batch feature extraction with an on-disk cache keyed by backbone + weights + transform + files.
+
+Frozen-backbone training on a 2-core CPU is only practical when each image goes through the
+backbone once; this module makes that the default. The cache key hashes everything that
+changes the features, so a stale cache cannot be read by mistake.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from biomatch.data.datasets import Sample
+from biomatch.data.images import load_image
+from biomatch.paths import cache_dir
+
+
+class ImageDataset(Dataset):
+    """Samples → (tensor, label index); optional horizontal mirror of every image."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable[[Image.Image], torch.Tensor],
+                 labels: Sequence[int] | None = None, mirror: bool = False) -> None:
+        self.samples, self.transform, self.mirror = list(samples), transform, mirror
+        self.labels = list(labels) if labels is not None else [0] * len(self.samples)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        img = load_image(self.samples[i].path)
+        if self.mirror:
+            img = ImageOps.mirror(img)
+        return self.transform(img), self.labels[i]
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+@torch.no_grad()
+def extract(
+    model: nn.Module, samples: Sequence[Sample], transform: Callable, batch_size: int = 64,
+    mirror: bool = False, num_workers: int = 0, progress: bool = True, desc: str = "embedding",
+) -> np.ndarray:
+    """Run `model` over the images (eval mode) and return float32 rows in sample order."""
+    model.eval()
+    device = _device_of(model)
+    loader = DataLoader(ImageDataset(samples, transform, mirror=mirror), batch_size=batch_size,
+                        num_workers=num_workers, shuffle=False)
+    out = [model(x.to(device)).float().cpu() for x, _ in tqdm(loader, desc=desc, disable=not progress,
+                                                               leave=False)]
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def cache_key(backbone_name: str, weights_id: str, transform: Callable, samples: Sequence[Sample],
+              mirror: bool = False, extra: str = "") -> str:
+    """Hash of everything that determines the cached features."""
+    h = hashlib.sha256()
+    for part in (backbone_name, weights_id, repr(transform), str(mirror), extra):
+        h.update(part.encode() + b"\0")
+    for s in samples:
+        stat = s.path.stat()
+        h.update(f"{s.path.name}:{stat.st_size}:{int(stat.st_mtime)}".encode() + b"\0")
+    return h.hexdigest()[:24]
+
+
+def cached_features(
+    backbone: nn.Module, backbone_name: str, samples: Sequence[Sample], transform: Callable,
+    mirror: bool = False, batch_size: int = 64, cache: Path | None = None, progress: bool = True,
+) -> np.ndarray:
+    """Backbone features of `samples`, computed once and then read from `cache`/features/*.npy."""
+    weights_id = getattr(backbone, "weights_id", "unknown")
+    folder = (cache or cache_dir()) / "features"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{backbone_name}-{cache_key(backbone_name, weights_id, transform, samples, mirror)}.npy"
+    if path.is_file():
+        feats = np.load(path)
+        if feats.shape[0] == len(samples):
+            return feats
+    feats = extract(backbone, samples, transform, batch_size, mirror=mirror, progress=progress,
+                    desc=f"{backbone_name} features{' (mirrored)' if mirror else ''}")
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, feats)
+    os.replace(tmp, path)
+    return feats

@@ -1,0 +1,240 @@
+"""Run one dorsal→palmar method on one split: features → train → embed → rank.
+
+Frozen mode trains only the head on cached backbone features (seconds on a CPU); finetune
+mode warms the head up on cached features, then trains backbone + head on images.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from biomatch.config import MethodConfig
+from biomatch.data.datasets import Sample
+from biomatch.data.pairs import PairBatchSampler
+from biomatch.data.samplers import PKSampler
+from biomatch.data.transforms import AugmentConfig, eval_transform, train_transform
+from biomatch.embeddings import ImageDataset, cached_features, extract
+from biomatch.hands.protocol import GALLERY_VIEW, QUERY_VIEW, HandsSplit
+from biomatch.metrics.retrieval import RetrievalRanks, retrieval_ranks, retrieval_summary
+from biomatch.models.backbones import Backbone, create_backbone
+from biomatch.models.heads import EmbeddingModel, ProjectionHead
+from biomatch.objectives import make_objective
+from biomatch.training import History, TrainConfig, fit
+
+
+@dataclass
+class RunResult:
+    """What one method produced on one split."""
+
+    method: str
+    seed: int
+    ranks: RetrievalRanks
+    metrics: dict[str, float]
+    history: History
+    queries: list[Sample]
+    gallery: list[Sample]
+    query_emb: np.ndarray
+    gallery_emb: np.ndarray
+    timing: dict[str, float] = field(default_factory=dict)
+
+
+class FeatureDataset(Dataset):
+    """Cached features as a dataset; with `flip_augment`, returns the mirrored image's
+    features half of the time (a flip augmentation that costs nothing)."""
+
+    def __init__(self, canon: np.ndarray, alt: np.ndarray | None, labels: Sequence[int], views: Sequence[int],
+                 flip_augment: bool, seed: int) -> None:
+        self.canon, self.alt = torch.from_numpy(canon), None if alt is None else torch.from_numpy(alt)
+        self.labels, self.views = torch.as_tensor(labels), torch.as_tensor(views)
+        self.flip, self.gen = flip_augment and alt is not None, torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.canon)
+
+    def __getitem__(self, i: int):
+        use_alt = self.flip and bool(torch.rand((), generator=self.gen) < 0.5)
+        x = self.alt[i] if use_alt else self.canon[i]  # type: ignore[index]
+        return x, self.labels[i], self.views[i]
+
+
+class MirroredImageDataset(ImageDataset):
+    """Images for finetuning: gallery-view images mirrored when asked; yields (x, label, view)."""
+
+    def __init__(self, samples, transform, labels, mirror_gallery: bool) -> None:
+        super().__init__(samples, transform, labels)
+        self.mirror_gallery = mirror_gallery
+
+    def __getitem__(self, i: int):
+        from PIL import ImageOps
+
+        from biomatch.data.images import load_image
+
+        s = self.samples[i]
+        img = load_image(s.path)
+        if self.mirror_gallery and s.view == GALLERY_VIEW:
+            img = ImageOps.mirror(img)
+        return self.transform(img), self.labels[i], int(s.view != QUERY_VIEW)
+
+
+def _label_index(samples: Sequence[Sample]) -> list[int]:
+    ids = {ident: i for i, ident in enumerate(sorted({s.identity for s in samples}))}
+    return [ids[s.identity] for s in samples]
+
+
+def _views(samples: Sequence[Sample]) -> np.ndarray:
+    return np.array([int(s.view != QUERY_VIEW) for s in samples])
+
+
+class FeatureBank:
+    """Backbone features (plain and mirrored) of every sample, L2-normalized per backbone and
+    concatenated: the input of the head in frozen mode."""
+
+    def __init__(self, cfg: MethodConfig, samples: Sequence[Sample], device: str = "cpu",
+                 cache: Path | None = None, progress: bool = True) -> None:
+        self.index = {s.path: i for i, s in enumerate(samples)}
+        plain, mirrored, self.backbones = [], [], []
+        need_mirror = cfg.mirror_gallery or cfg.flip_augment or cfg.tta
+        start = time.perf_counter()
+        for name in cfg.backbones:
+            bb = create_backbone(name, pool=cfg.pool).to(device)
+            size = cfg.image_size or bb.input_size
+            tf = eval_transform(size, bb.mean, bb.std)
+            plain.append(F.normalize(torch.from_numpy(cached_features(bb, name, samples, tf, cache=cache,
+                                                                      progress=progress)), dim=1))
+            if need_mirror:
+                mirrored.append(F.normalize(torch.from_numpy(cached_features(
+                    bb, name, samples, tf, mirror=True, cache=cache, progress=progress)), dim=1))
+            self.backbones.append(bb)
+        self.seconds = time.perf_counter() - start
+        self.plain = torch.cat(plain, 1).numpy()
+        self.mirrored = torch.cat(mirrored, 1).numpy() if mirrored else None
+        self.mirror_gallery = cfg.mirror_gallery
+
+    @property
+    def dim(self) -> int:
+        return self.plain.shape[1]
+
+    def canonical(self, samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(features as fed to the head, features of the mirrored image) for these samples."""
+        idx = np.array([self.index[s.path] for s in samples])
+        gallery = np.array([s.view == GALLERY_VIEW for s in samples])
+        plain = self.plain[idx]
+        if self.mirrored is None:
+            return plain, None
+        mirrored = self.mirrored[idx]
+        if not self.mirror_gallery:
+            return plain, mirrored
+        canon = np.where(gallery[:, None], mirrored, plain)
+        alt = np.where(gallery[:, None], plain, mirrored)
+        return canon, alt
+
+
+def _head_embed(head: nn.Module, canon: np.ndarray, alt: np.ndarray | None, tta: bool) -> np.ndarray:
+    head.eval()
+    with torch.no_grad():
+        z = head(torch.from_numpy(canon))
+        if tta and alt is not None:
+            z = z + head(torch.from_numpy(alt))
+        return F.normalize(z, dim=1).numpy()
+
+
+def _make_sampler(cfg: MethodConfig, samples: Sequence[Sample], labels: list[int], seed: int):
+    views = [s.view for s in samples]
+    n_ids = len(set(labels))
+    if cfg.sampler == "pairs":
+        per_epoch = cfg.batches_per_epoch or max(1, len(samples) // cfg.pairs_per_batch)
+        return PairBatchSampler(labels, cfg.pairs_per_batch, per_epoch, seed, views, (QUERY_VIEW, GALLERY_VIEW))
+    p = min(cfg.p, n_ids)
+    per_epoch = cfg.batches_per_epoch or max(1, len(samples) // (p * cfg.k))
+    return PKSampler(labels, p, cfg.k, views, view_aware=cfg.sampler == "pk_view", batches_per_epoch=per_epoch,
+                     seed=seed, view_pair=(QUERY_VIEW, GALLERY_VIEW))
+
+
+def _objective(cfg: MethodConfig, n_classes: int) -> nn.Module:
+    if cfg.objective == "pml":
+        return make_objective("pml", loss=cfg.loss, miner=cfg.miner, margin=cfg.margin,
+                              embedding_dim=cfg.head_dims[-1], num_classes=n_classes)
+    margin = cfg.margin if cfg.margin is not None else (2.0 if cfg.objective == "pair_contrastive" else 0.2)
+    return make_objective(cfg.objective, margin=margin)
+
+
+def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache: Path | None = None,
+               progress: bool = True, checkpoint: Path | None = None) -> RunResult:
+    """Train `cfg` on split.train (validating on split.val) and evaluate on split.test."""
+    all_samples = split.train + split.val + split.test
+    bank = FeatureBank(cfg, all_samples, device, cache, progress)
+    train, val, test = split.train, split.val, split.test
+    labels = _label_index(train)
+    head = ProjectionHead([bank.dim, *cfg.head_dims], normalize=cfg.normalize, dropout=cfg.dropout)
+    objective = _objective(cfg, len(set(labels)))
+    tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, patience=cfg.patience,
+                       seed=split.seed, device=device)
+
+    def embed_head(samples: Sequence[Sample], module: nn.Module) -> np.ndarray:
+        canon, alt = bank.canonical(samples)
+        return _head_embed(module.cpu() if device == "cpu" else module, canon, alt, cfg.tta)
+
+    def validate(module: nn.Module) -> dict[str, float]:
+        q, g = HandsSplit.queries(val), HandsSplit.gallery(val)
+        r = retrieval_ranks(embed_head(q, module), embed_head(g, module),
+                            [s.identity for s in q], [s.identity for s in g])
+        return retrieval_summary(r)
+
+    start = time.perf_counter()
+    canon, alt = bank.canonical(train)
+    dataset = FeatureDataset(canon, alt, labels, _views(train), cfg.flip_augment, split.seed)
+    head_epochs = cfg.epochs if cfg.mode == "frozen" else max(cfg.warmup_head_epochs, 1)
+    history = fit(head, dataset, _make_sampler(cfg, train, labels, split.seed),
+                  objective, TrainConfig(**{**tcfg.__dict__, "epochs": head_epochs}),
+                  validate if val and cfg.mode == "frozen" else None,
+                  checkpoint=checkpoint, resume=checkpoint is not None, progress=progress)
+    queries, gallery = HandsSplit.queries(test), HandsSplit.gallery(test)
+    if cfg.mode == "frozen":
+        q_emb, g_emb = embed_head(queries, head), embed_head(gallery, head)
+    else:
+        q_emb, g_emb, history = _finetune(cfg, bank.backbones, head, objective, split, labels, tcfg, device,
+                                          progress, queries, gallery)
+    train_s = time.perf_counter() - start
+    ranks = retrieval_ranks(q_emb, g_emb, [s.identity for s in queries], [s.identity for s in gallery])
+    n_images = len(all_samples) * len(cfg.backbones) * (2 if bank.mirrored is not None else 1)
+    timing = {"features_s": bank.seconds, "train_s": train_s}
+    if bank.seconds > 1.0:  # cached features would make a throughput meaningless
+        timing["embed_img_per_s"] = n_images / bank.seconds
+    return RunResult(cfg.name, split.seed, ranks, retrieval_summary(ranks), history, queries, gallery,
+                     q_emb, g_emb, timing)
+
+
+def _finetune(cfg: MethodConfig, backbones: list[Backbone], head: ProjectionHead, objective: nn.Module,
+              split: HandsSplit, labels: list[int], tcfg: TrainConfig, device: str, progress: bool,
+              queries: list[Sample], gallery: list[Sample]):
+    """Full finetune of a single backbone + the warmed-up head, then embed the test set."""
+    if len(cfg.backbones) != 1:
+        from biomatch.errors import InputError
+
+        raise InputError("finetune mode takes exactly one backbone")
+    backbone = backbones[0]
+    size = cfg.image_size or backbone.input_size
+    model = EmbeddingModel(backbone, head)
+    aug = AugmentConfig(hflip=cfg.flip_augment)
+    dataset = MirroredImageDataset(split.train, train_transform(size, aug), labels, cfg.mirror_gallery)
+    history = fit(model, dataset, _make_sampler(cfg, split.train, labels, split.seed), objective,
+                  TrainConfig(**{**tcfg.__dict__, "lr": cfg.backbone_lr}), None, progress=progress)
+    tf = eval_transform(size, backbone.mean, backbone.std)
+
+    def embed(samples: list[Sample]) -> np.ndarray:
+        mirror = cfg.mirror_gallery and bool(samples) and samples[0].view == GALLERY_VIEW
+        z = torch.from_numpy(extract(model, samples, tf, mirror=mirror, progress=progress))
+        if cfg.tta:
+            z = z + torch.from_numpy(extract(model, samples, tf, mirror=not mirror, progress=progress))
+        return F.normalize(z, dim=1).numpy()
+
+    return embed(queries), embed(gallery), history
