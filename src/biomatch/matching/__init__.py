@@ -1,0 +1,1 @@
+"""Matching: pairwise dissimilarities, RSM re-scoring, exact / approximate search."""
