@@ -121,6 +121,8 @@ def fit(
     objective.to(device)
     train_model: nn.Module = model
     if is_distributed():
+        if hasattr(batch_sampler, "seed"):  # each rank draws its own batches
+            batch_sampler.seed += 100_003 * rank()
         train_model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     params = [p for p in model.parameters() if p.requires_grad] + list(objective.parameters()) + (extra_params or [])
@@ -129,6 +131,7 @@ def fit(
     opt = _make_optimizer(params, cfg)
     loader = DataLoader(dataset, batch_sampler=batch_sampler, num_workers=cfg.num_workers)
     history, start, best_state = History(), 0, None
+    base_lrs = [g["lr"] for g in opt.param_groups]  # before a restored state overwrites them
     if resume and checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
@@ -136,7 +139,6 @@ def fit(
         opt.load_state_dict(state["optimizer"])
         history = History(**state["history"])
         best_state, start = state["best_model"], state["epoch"] + 1
-    base_lrs = [g["lr"] for g in opt.param_groups]
     bar = tqdm(range(start, cfg.epochs), desc="training", disable=not progress or rank() != 0, leave=False)
     for epoch in bar:
         if hasattr(batch_sampler, "set_epoch"):
