@@ -45,6 +45,7 @@ class RunResult:
     query_emb: np.ndarray
     gallery_emb: np.ndarray
     timing: dict[str, float] = field(default_factory=dict)
+    model: nn.Module | None = None  # the trained head (frozen mode) or backbone+head (finetune)
 
 
 class FeatureDataset(Dataset):
@@ -210,7 +211,7 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
     if bank.seconds > 1.0:  # cached features would make a throughput meaningless
         timing["embed_img_per_s"] = n_images / bank.seconds
     return RunResult(cfg.name, split.seed, ranks, retrieval_summary(ranks), history, queries, gallery,
-                     q_emb, g_emb, timing)
+                     q_emb, g_emb, timing, model=head)
 
 
 def _finetune(cfg: MethodConfig, backbones: list[Backbone], head: ProjectionHead, objective: nn.Module,
