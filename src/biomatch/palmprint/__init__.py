@@ -1,0 +1,1 @@
+"""Palmprint recognition: Tongji / PolyU ROI loading by session, CompCode matcher, small learned CNN."""

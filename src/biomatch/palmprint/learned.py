@@ -1,0 +1,104 @@
+"""A tiny learned palmprint embedder: small CNN + ArcFace (pytorch-metric-learning) trained on session 1.
+
+Kept deliberately small (10 palms x 6-10 images per session): it exists to show RSM on
+learned features, not to compete with CCNet. Seeded end to end (init, shuffling, augment).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from biomatch.errors import InputError
+from biomatch.matching.distances import cosine_dissimilarity
+
+
+class PalmNet(nn.Module):
+    """4 conv blocks on a 64 x 64 grayscale ROI -> L2-normalized ``dim``-d embedding."""
+
+    def __init__(self, dim: int = 64) -> None:
+        super().__init__()
+        chans = [1, 16, 32, 64, 96]
+        layers: list[nn.Module] = []
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        self.features = nn.Sequential(*layers)  # 64 -> 4
+        self.head = nn.Linear(chans[-1] * 16, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.head(self.features(x).flatten(1)), dim=1)
+
+
+def _prepare(rois: np.ndarray) -> Tensor:
+    x = torch.from_numpy(rois.astype(np.float32)).unsqueeze(1)
+    x = F.interpolate(x, size=(64, 64), mode="area")
+    return (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 1e-6)
+
+
+def _augment(x: Tensor, gen: torch.Generator) -> Tensor:
+    """Small random affine jitter (ROI misalignment between sessions) and contrast change."""
+    n = x.shape[0]
+    angle = (torch.rand(n, generator=gen) - 0.5) * (2 * np.pi / 180 * 8)
+    shift = (torch.rand(n, 2, generator=gen) - 0.5) * 0.12
+    scale = 1 + (torch.rand(n, generator=gen) - 0.5) * 0.1
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
+    gain = 1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.4
+    return out * gain
+
+
+@dataclass
+class LearnedMatcher:
+    """CNN embedder trained with ArcFace on labelled ROIs; cosine dissimilarity in [0, 1]."""
+
+    dim: int = 64
+    epochs: int = 60
+    lr: float = 3e-3
+    batch_size: int = 32
+    seed: int = 0
+    name: str = "PalmNet+ArcFace"
+    model: PalmNet | None = None
+
+    def fit(self, rois: np.ndarray, labels: np.ndarray) -> "LearnedMatcher":
+        """Train on ROIs (n, H, W) with palm ids ``labels``; returns self."""
+        from pytorch_metric_learning.losses import ArcFaceLoss
+
+        if rois.shape[0] != labels.shape[0] or rois.shape[0] < 2:
+            raise InputError(f"need >= 2 ROIs with one label each, got {rois.shape[0]} ROIs and {labels.shape[0]} labels")
+        torch.manual_seed(self.seed)  # PML's loss weights are initialized from the global RNG
+        gen = torch.Generator().manual_seed(self.seed)
+        classes, y = np.unique(labels, return_inverse=True)
+        x, yt = _prepare(rois), torch.from_numpy(y)
+        model = PalmNet(self.dim)
+        loss_fn = ArcFaceLoss(num_classes=len(classes), embedding_size=self.dim, margin=28.6, scale=30)
+        opt = torch.optim.AdamW(list(model.parameters()) + list(loss_fn.parameters()), lr=self.lr, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
+        model.train()
+        for _ in range(self.epochs):
+            order = torch.randperm(x.shape[0], generator=gen)
+            for start in range(0, x.shape[0], self.batch_size):
+                idx = order[start : start + self.batch_size]
+                loss = loss_fn(model(_augment(x[idx], gen)), yt[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            sched.step()
+        self.model = model.eval()
+        return self
+
+    @torch.no_grad()
+    def encode(self, rois: np.ndarray) -> Tensor:
+        """Embeddings (n, dim), L2-normalized."""
+        if self.model is None:
+            raise InputError("LearnedMatcher.encode called before fit")
+        return self.model(_prepare(rois))
+
+    def dissimilarity(self, a: Tensor, b: Tensor) -> Tensor:
+        """Cosine distance mapped to [0, 1]."""
+        return cosine_dissimilarity(a, b, normalize=False)
