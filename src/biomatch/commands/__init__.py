@@ -13,6 +13,7 @@ AREAS: list[Callable[[typer.Typer], None]] = [
     verification.register,
     gallery.register,
     workbench.register,
+    __import__("biomatch.commands.faces", fromlist=["register"]).register,  # export, calibrate
 ]
 
 

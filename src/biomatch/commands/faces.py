@@ -1,0 +1,134 @@
+"""CLI: `biomatch export` (ONNX + int8) and `biomatch calibrate` (unlock threshold on LFW pairs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from biomatch.errors import InputError, NotFoundError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".webp"}
+
+
+def calibration_images(folder: Path, count: int, seed: int) -> list[Path]:
+    """``count`` image files under ``folder`` drawn with ``seed`` (sorted first: reproducible)."""
+    import numpy as np
+
+    if not folder.is_dir():
+        raise NotFoundError(f"calibration image folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise InputError(f"no images under {folder}")
+    rng = np.random.default_rng(seed)
+    return [files[i] for i in sorted(rng.choice(len(files), size=min(count, len(files)), replace=False))]
+
+
+def _load_torch_embedder(checkpoint: Path, backbone: str | None, head_dims: str | None):
+    """A pickled nn.Module, or a state dict (plain, or under 'best_model'/'model') for backbone + head."""
+    import torch
+
+    from biomatch.models.backbones import create_backbone
+    from biomatch.models.heads import EmbeddingModel, ProjectionHead
+
+    if not checkpoint.is_file():
+        raise NotFoundError(f"checkpoint not found: {checkpoint}")
+    obj = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if isinstance(obj, torch.nn.Module):
+        return obj
+    if not isinstance(obj, dict):
+        raise InputError(f"{checkpoint}: expected an nn.Module or a state dict, got {type(obj).__name__}")
+    state = obj.get("best_model") or obj.get("model") or obj
+    if backbone is None:
+        raise InputError(f"{checkpoint} holds a state dict: pass --backbone (and --head-dims) to rebuild the model")
+    net = create_backbone(backbone, pretrained=False)
+    if head_dims:
+        dims = [int(d) for d in head_dims.split(",")]
+        net = EmbeddingModel(net, ProjectionHead(dims))
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise InputError(f"{checkpoint} does not fit backbone {backbone!r} / head {head_dims}: {exc}") from exc
+    return net
+
+
+def register(app: typer.Typer) -> None:
+    """Add `export` and `calibrate`."""
+
+    @app.command()
+    def export(
+        source: Path = typer.Argument(..., help="A .onnx model (to quantize) or a torch checkpoint (to export)."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output .onnx path."),
+        quantize: str = typer.Option("none", help="none | static | dynamic (int8)."),
+        calib_dir: Path | None = typer.Option(None, help="Images for static int8 calibration."),
+        calib_count: int = typer.Option(128, help="How many calibration images to draw."),
+        seed: int = typer.Option(0, help="Seed for drawing calibration images."),
+        preset: str = typer.Option("face", help="Preprocessing: 'face' (MobileFaceNet) or 'imagenet'."),
+        input_size: int = typer.Option(112, help="Square input size (imagenet preset / torch export)."),
+        backbone: str | None = typer.Option(None, help="Registered backbone name, for state-dict checkpoints."),
+        head_dims: str | None = typer.Option(None, help="Projection head dims, e.g. 1280,512,128."),
+    ) -> None:
+        """Export a torch embedder to ONNX (dynamic batch) and/or quantize an ONNX model to int8."""
+        from biomatch.data.images import load_image
+        from biomatch.export import (
+            Preprocess,
+            export_onnx,
+            quantize_dynamic_int8,
+            quantize_static_int8,
+        )
+        from biomatch.faces.embedder import FACE_PREPROCESS
+
+        if quantize not in {"none", "static", "dynamic"}:
+            raise InputError(f"--quantize must be none, static or dynamic, got {quantize!r}")
+        if preset not in {"face", "imagenet"}:
+            raise InputError(f"--preset must be face or imagenet, got {preset!r}")
+        prep = FACE_PREPROCESS if preset == "face" else Preprocess(size=(input_size, input_size))
+        if source.suffix == ".onnx":
+            float_path = source
+            if not source.is_file():
+                raise NotFoundError(f"ONNX model not found: {source}")
+        else:
+            module = _load_torch_embedder(source, backbone, head_dims)
+            float_path = out if quantize == "none" else out.with_name(out.stem + ".float.onnx")
+            export_onnx(module, float_path, prep.size)
+            typer.echo(f"exported {float_path}")
+        if quantize == "static":
+            if calib_dir is None:
+                raise InputError("static int8 needs --calib-dir with ~100 representative images")
+            files = calibration_images(calib_dir, calib_count, seed)
+            calib = prep.batch([load_image(p) for p in files])
+            quantize_static_int8(float_path, out, calib)
+            typer.echo(f"static int8 ({len(files)} calibration images) -> {out}")
+        elif quantize == "dynamic":
+            quantize_dynamic_int8(float_path, out)
+            typer.echo(f"dynamic int8 -> {out}")
+        elif source.suffix == ".onnx":
+            raise InputError("nothing to do: the source is already ONNX and --quantize is none")
+
+    @app.command()
+    def calibrate(
+        pairs: Path | None = typer.Option(None, help="LFW pairs.txt (default: the shared lfw_pairs)."),
+        model: Path | None = typer.Option(None, help="Face ONNX model (default: the vendored MobileFaceNet)."),
+        int8: bool = typer.Option(False, help="Use the vendored static-int8 model."),
+        target_far: float = typer.Option(1e-3, help="False accept rate the threshold must not exceed."),
+        out: Path | None = typer.Option(None, help="Artifact path (default: beside the model)."),
+    ) -> None:
+        """Choose the unlock threshold for a target FAR on LFW pairs; save it bound to the model hash."""
+        from biomatch.calibration import calibrate as calibrate_threshold
+        from biomatch.calibration import save_threshold
+        from biomatch.faces.embedder import FaceEmbedder
+        from biomatch.faces.lfw import default_pairs, parse_pairs, score_pairs
+
+        lfw = parse_pairs(pairs) if pairs is not None else default_pairs()
+        embedder = FaceEmbedder.default(model, int8=int8)
+        scores = score_pairs(embedder, lfw)
+        th = calibrate_threshold(
+            scores, lfw.labels, target_far=target_far, model_sha256=embedder.model_hash,
+            dataset=f"LFW View 2 pairs ({lfw.root.name}/pairs.txt, all {len(lfw)} pairs)",
+            preprocess=embedder.preprocess.to_dict(),
+        )
+        path = save_threshold(th, out if out is not None else embedder.threshold_path)
+        typer.echo(
+            f"threshold {th.threshold:.4f} (cosine) for FAR <= {target_far:g}: measured FAR {th.far:.4g}, "
+            f"TAR {th.tar:.4f} on {th.n_genuine}+{th.n_impostor} pairs -> {path}"
+        )

@@ -1,0 +1,1 @@
+"""Faces: MobileFaceNet embedder, face detection and the LFW pairs protocol."""
