@@ -196,3 +196,12 @@ def test_best_threshold_and_kfold_accuracy_against_brute_force() -> None:
     assert res.mean == pytest.approx(res.accuracies.mean())
     with pytest.raises(InputError, match="folds"):
         V.kfold_accuracy(s, y, folds=1)
+
+
+def test_fast_eer_equals_the_full_roc_interpolation() -> None:
+    rng = np.random.default_rng(6)
+    for decimals in (1, 3, 12):
+        for _ in range(40):
+            s, y = _random_pairs(rng, int(rng.integers(2, 300)), decimals=decimals)
+            roc = V.roc_curve(s, y)
+            assert V.eer(s, y) == V._eer_index(roc)[0]

@@ -6,8 +6,9 @@ a pair is accepted when ``score >= threshold``. Labels are 1 = genuine (same ide
 (array of 0/1, shape (n,)); pass ``-distance`` if you hold dissimilarities.
 
 The ROC is built by sorting the genuine and impostor scores once each and counting with
-``searchsorted`` (no per-threshold loop), which makes the EER over 10^7 scores several times
-faster than ``sklearn.metrics.roc_curve`` with the same operating points.
+``searchsorted`` (no per-threshold loop). The EER does not even need the ROC: after the two
+sorts, the sign change of FRR - FAR is found by binary search, which makes the EER over
+10^7 scores several times faster than ``sklearn.metrics.roc_curve`` with the same value.
 
 >>> import numpy as np
 >>> scores = np.array([0.9, 0.8, 0.7, 0.6, 0.4, 0.3])
@@ -198,6 +199,45 @@ def _eer_index(roc: RocCurve) -> tuple[float, int, float]:
     return float(value), k, float(w)
 
 
+def _rates_at(g: NDArray[np.float64], i: NDArray[np.float64], t: float) -> tuple[float, float]:
+    """(FAR, FRR) when accepting ``score >= t``, from ascending-sorted genuine / impostor scores."""
+    far = (i.size - np.searchsorted(i, t, side="left")) / i.size
+    frr = 1.0 - (g.size - np.searchsorted(g, t, side="left")) / g.size
+    return float(far), float(frr)
+
+
+def _last_nonpositive(arr: NDArray[np.float64], g: NDArray[np.float64], i: NDArray[np.float64]) -> float:
+    """Largest value t of sorted ``arr`` with FRR(t) - FAR(t) <= 0 (-inf if none): binary search."""
+    lo, hi = 0, arr.size
+    while lo < hi:
+        mid = (lo + hi) // 2
+        far, frr = _rates_at(g, i, arr[mid])
+        if frr - far <= 0:
+            lo = mid + 1
+        else:
+            hi = mid
+    return float(arr[lo - 1]) if lo > 0 else -math.inf
+
+
+def _eer_from_sorted(g: NDArray[np.float64], i: NDArray[np.float64]) -> float:
+    """EER from sorted genuine / impostor scores without building the ROC.
+
+    FRR - FAR is monotone in the threshold, so the two ROC points around the sign change
+    are found by binary search over the scores (O(log^2 n) after the sorts); the result is
+    the same interpolation as ``_eer_index`` on the full ROC.
+    """
+    t_k = max(_last_nonpositive(g, g, i), _last_nonpositive(i, g, i))  # the min score always qualifies
+    far_k, frr_k = _rates_at(g, i, t_k)
+    d_k = frr_k - far_k
+    if d_k == 0:
+        return far_k
+    above = [a[j] for a in (g, i) if (j := int(np.searchsorted(a, t_k, side="right"))) < a.size]
+    far_p, frr_p = _rates_at(g, i, float(min(above))) if above else (0.0, 1.0)
+    d_p = frr_p - far_p
+    w = d_p / (d_p - d_k)
+    return float(far_p + w * (far_k - far_p))
+
+
 def eer(scores: ArrayLike, labels: ArrayLike) -> float:
     """Equal error rate from ``scores`` (similarities) and ``labels`` (1 = genuine).
 
@@ -209,7 +249,8 @@ def eer(scores: ArrayLike, labels: ArrayLike) -> float:
     >>> eer([0.1, 0.2, 0.8, 0.9], [1, 1, 0, 0])
     1.0
     """
-    return _eer_index(roc_curve(scores, labels))[0]
+    s, gen = validate_pairs(scores, labels)
+    return _eer_from_sorted(np.sort(s[gen]), np.sort(s[~gen]))
 
 
 def eer_threshold(scores: ArrayLike, labels: ArrayLike) -> float:
@@ -338,7 +379,7 @@ def bootstrap_eer_ci(
         # sorted indices into sorted arrays give sorted resamples without a float sort
         gb = g[np.sort(rng.integers(0, g.size, g.size))]
         ib = i[np.sort(rng.integers(0, i.size, i.size))]
-        values[b] = _eer_index(_roc_from_sorted(gb, ib))[0]
+        values[b] = _eer_from_sorted(gb, ib)
     alpha = (1.0 - confidence) / 2
     low, high = np.quantile(values, [alpha, 1.0 - alpha])
     point = _eer_index(_roc_from_sorted(g, i))[0]
