@@ -11,6 +11,7 @@ as in biomatch.calibration: accept iff score ≥ threshold. Results also carry t
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,7 @@ class GalleryService:
         self.policy: Policy = policy
         self.search_kind = search
         self.search_options = dict(search_options or {})
+        self._embed_takes_names = "names" in inspect.signature(embedder.embed).parameters
         self.rescorer = rescorer  # (query (dim,), shortlist (n, dim)) -> similarity scores (n,)
         self._lock = threading.Lock()
         self._gallery: _Gallery | None = None
@@ -124,7 +126,10 @@ class GalleryService:
         """One image → one unit (dim,) vector; errors name the image."""
         try:
             img = image if isinstance(image, Image.Image) else load_image(image)
-            out = np.asarray(self.embedder.embed([img]), dtype=np.float32)
+            if self._embed_takes_names:  # e.g. FaceEmbedder names the image in "no face found"
+                out = np.asarray(self.embedder.embed([img], names=[name]), dtype=np.float32)  # type: ignore[call-arg]
+            else:
+                out = np.asarray(self.embedder.embed([img]), dtype=np.float32)
         except BiomatchError as exc:
             if name in str(exc):  # load_image already named the file
                 raise
@@ -174,7 +179,7 @@ class GalleryService:
         templates = self.store.templates(self.model_hash, user=user)
         if len(templates) == 0:
             raise StateError(self._mismatch_message(f"user {user!r} has no templates"))
-        query = self.embed(image)
+        query = self.embed(image, _name(image, 0))
         score = self._score_user(query, templates.vectors)
         distance = 1.0 - score
         return VerifyResult(user, score >= self.threshold, score, distance, self.threshold)
@@ -184,7 +189,7 @@ class GalleryService:
         if not 1 <= k <= 100:
             raise InputError(f"k must be between 1 and 100, got {k}")
         gallery = self._current_gallery()
-        query = self.embed(image)
+        query = self.embed(image, _name(image, 0))
         matches = self._top_users(gallery, query, k)
         best = matches[0] if matches and matches[0].score >= self.threshold else None
         return IdentifyResult(best.user if best else None, self.threshold, matches)

@@ -1,0 +1,118 @@
+"""`biomatch enroll / verify / identify / users` through the real entry point (exit codes, messages)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from biomatch.cli import main
+from biomatch.gallery.toy import pattern_images
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["biomatch", *argv])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> dict[str, list[str]]:
+    out = {}
+    for ident, name in [(1, "alice"), (2, "bob"), (3, "carol")]:
+        paths = []
+        for i, img in enumerate(pattern_images(ident, 4, seed=0)):
+            p = tmp_path / f"{name}{i}.png"
+            img.save(p)
+            paths.append(str(p))
+        out[name] = paths
+    return out
+
+
+def test_cli_flow(tmp_path: Path, images, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("BIOMATCH_HOME", str(tmp_path / "home"))
+    common = ["--embedder", "pixels"]
+    th = ["--threshold", "0.5"]
+    code, out, _ = run(["enroll", "alice", *images["alice"][:3], *common], capsys, monkeypatch)
+    assert code == 0 and "3 template(s) added" in out
+    assert (tmp_path / "home" / "gallery.db").is_file()  # the default store location
+    run(["enroll", "bob", *images["bob"][:2], *common], capsys, monkeypatch)
+
+    code, out, _ = run(["verify", "alice", images["alice"][3], *common, *th], capsys, monkeypatch)
+    assert code == 0 and out.startswith("accept alice: distance") and "threshold 0.5000" in out
+    code, out, _ = run(["verify", "bob", images["alice"][3], *common, *th], capsys, monkeypatch)
+    assert code == 1 and out.startswith("reject bob")
+
+    code, out, _ = run(["identify", images["bob"][3], "-k", "2", *common, *th], capsys, monkeypatch)
+    lines = out.splitlines()
+    assert code == 0 and lines[0] == "bob" and lines[1].startswith("  1. bob") and lines[2].startswith("  2. alice")
+    code, out, _ = run(["identify", images["carol"][0], *common, *th, "--json"], capsys, monkeypatch)
+    assert json.loads(out)["user"] is None
+    code, out, _ = run(["identify", images["carol"][0], *common, *th], capsys, monkeypatch)
+    assert out.splitlines()[0] == "unknown"
+
+    code, out, _ = run(["users", "list", "--json"], capsys, monkeypatch)
+    assert [(u["user"], u["templates"]) for u in json.loads(out)] == [("alice", 3), ("bob", 2)]
+    code, out, _ = run(["users", "delete", "bob"], capsys, monkeypatch)
+    assert code == 0 and "deleted bob (2 template(s))" in out
+    code, out, _ = run(["users", "list"], capsys, monkeypatch)
+    assert out.startswith("alice\t3 template(s)")
+
+
+def test_cli_errors(tmp_path: Path, images, capsys, monkeypatch) -> None:
+    store = ["--store", str(tmp_path / "g.db")]
+    pix = ["--embedder", "pixels", "--threshold", "0.5"]
+    cases = [
+        (["identify", images["alice"][0], *store, *pix], "gallery is empty"),
+        (["verify", "ghost", images["alice"][0], *store, *pix], "unknown user 'ghost'"),
+        (["users", "delete", "ghost", *store], "unknown user 'ghost'"),
+        (["enroll", "alice", str(tmp_path / "nope.png"), *store, "--embedder", "pixels"], "image not found"),
+        (["enroll", "a b", images["alice"][0], *store, "--embedder", "pixels"], "invalid user id"),
+        (["identify", images["alice"][0], *store, "--embedder", "pixels"], "no calibrated threshold"),
+        (["identify", images["alice"][0], *store, "--embedder", "nope"], "unknown embedder 'nope'"),
+    ]
+    for argv, message in cases:
+        code, _, err = run(argv, capsys, monkeypatch)
+        assert code == 2 and message in " ".join(err.split()), (argv, err)
+    corrupt = tmp_path / "bad.png"
+    corrupt.write_bytes(Path(images["alice"][0]).read_bytes()[:50])
+    code, _, err = run(["enroll", "alice", images["alice"][0], str(corrupt), *store, "--embedder", "pixels"],
+                       capsys, monkeypatch)
+    assert code == 2 and "bad.png" in err
+    code, out, _ = run(["users", "list", *store], capsys, monkeypatch)
+    assert out.strip() == "no users enrolled"  # the good image of the failed batch was not stored
+
+
+def test_cli_with_face_model(tmp_path: Path, capsys, monkeypatch) -> None:
+    """The real default embedder and its calibrated threshold on LFW62 crops."""
+    pytest.importorskip("onnxruntime")
+    from biomatch.paths import dataset_dir
+
+    try:
+        root = dataset_dir("lfw62")
+    except Exception:  # noqa: BLE001
+        pytest.skip("lfw62 not available")
+    colin = sorted((root / "Colin_Powell").glob("*.jpg"))
+    tony = sorted((root / "Tony_Blair").glob("*.jpg"))
+    store = ["--store", str(tmp_path / "g.db"), "--embedder", "face-crop"]
+    assert run(["enroll", "colin", *map(str, colin[:3]), *store], capsys, monkeypatch)[0] == 0
+    assert run(["enroll", "tony", *map(str, tony[:3]), *store], capsys, monkeypatch)[0] == 0
+    code, out, _ = run(["identify", str(tony[10]), *store], capsys, monkeypatch)
+    assert out.splitlines()[0] == "tony"
+    code, out, _ = run(["verify", "colin", str(colin[10]), *store], capsys, monkeypatch)
+    assert code == 0 and out.startswith("accept colin")
+    code, out, _ = run(["verify", "colin", str(tony[10]), *store], capsys, monkeypatch)
+    assert code == 1
+    # a threshold calibrated for another model is refused
+    other = tmp_path / "other.threshold.json"
+    other.write_text(json.dumps({"model_sha256": "0" * 64, "threshold": 0.3, "target_far": 0.001, "far": 0.001,
+                                 "tar": 0.9, "n_genuine": 1, "n_impostor": 1, "dataset": "x", "date": "x"}))
+    code, _, err = run(["verify", "colin", str(colin[10]), *store, "--threshold-file", str(other)], capsys, monkeypatch)
+    assert code == 2 and "calibrated for model sha256 000" in " ".join(err.split())
