@@ -1,9 +1,153 @@
-"""CLI commands for this area (filled in by its issue)."""
+"""CLI: hand matching — demo, train, evaluate, embed, backbones."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from biomatch.paths import REPO_ROOT
+
+CONFIGS = REPO_ROOT / "configs"
+DEMO_METHODS = ("hands_a_twin_contrastive", "hands_b_triplet_batch_hard")
+
+
+def _seeds(text: str) -> list[int]:
+    from biomatch.errors import InputError
+
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as exc:
+        raise InputError(f"--seeds must be comma-separated integers, got {text!r}") from exc
+
+
+def _demo_configs() -> list[Path]:
+    """(a), (b) and every (d) config: the reference methods and the best ones."""
+    paths = [CONFIGS / f"{name}.yaml" for name in DEMO_METHODS]
+    return [p for p in paths if p.is_file()] + sorted(CONFIGS.glob("hands_d_*.yaml"))[:1]
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to the app."""
+    """Add the hand-matching commands."""
+
+    @app.command()
+    def demo(
+        out: Annotated[Path, typer.Option(help="folder for report.html / report.md and plots")] = Path("reports/demo"),
+        seed: Annotated[int, typer.Option(help="split seed")] = 0,
+        data: Annotated[Path | None, typer.Option(help="11k Hands folder (HandInfo.csv + images/)")] = None,
+        device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    ) -> None:
+        """Main job: features → train (a), (b) and the best method → evaluate → HTML/Markdown report."""
+        from rich.console import Console
+
+        from biomatch.config import load_method
+        from biomatch.hands.methods import run_method
+        from biomatch.hands.protocol import load_hands, make_split
+        from biomatch.viz.hands_report import write_hands_report
+
+        console = Console()
+        samples = load_hands(str(data) if data else None)
+        split = make_split(samples, seed)
+        console.print(f"11k Hands: {len(samples)} images; split seed {seed}: {len(split.train)} train / "
+                      f"{len(split.val)} val / {len(split.test)} test images")
+        results = []
+        for path in _demo_configs():
+            cfg = load_method(path)
+            console.print(f"[bold]{cfg.name}[/]: {cfg.description}")
+            r = run_method(cfg, split, device=device)
+            console.print("   " + "  ".join(f"{k}={v:.3f}" for k, v in r.metrics.items()))
+            results.append(r)
+        page = write_hands_report(results, out, notes=f"One split (seed {seed}); bundled 11k Hands images.")
+        console.print(f"report: [green]{page}[/] (and {page.with_suffix('.md')})")
+
+    @app.command()
+    def train(
+        config: Annotated[Path, typer.Argument(help="method YAML, e.g. configs/hands_b_triplet_batch_hard.yaml")],
+        seed: Annotated[int, typer.Option(help="split seed")] = 0,
+        out: Annotated[Path | None, typer.Option(help="run folder (default runs/<method>-s<seed>)")] = None,
+        device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+        resume: Annotated[bool, typer.Option(help="continue from the run folder's checkpoint")] = False,
+        data: Annotated[Path | None, typer.Option(help="11k Hands folder")] = None,
+    ) -> None:
+        """Train one method on one split; save model.pt and metrics.json. Works under torchrun (DDP)."""
+        import json
+
+        from biomatch.config import load_method
+        from biomatch.hands.methods import run_method
+        from biomatch.hands.model import save_hand_model
+        from biomatch.hands.protocol import load_hands, make_split
+        from biomatch.training import init_distributed_from_env, rank
+
+        init_distributed_from_env()
+        cfg = load_method(config)
+        run_dir = out or Path("runs") / f"{cfg.name}-s{seed}"
+        split = make_split(load_hands(str(data) if data else None), seed)
+        r = run_method(cfg, split, device=device, checkpoint=run_dir / "checkpoint.pt" if resume or out else None)
+        if rank() != 0:
+            return
+        if cfg.mode == "frozen" and r.model is not None:
+            from biomatch.models.backbones import create_backbone
+
+            ids = [create_backbone(n, pool=cfg.pool).weights_id for n in cfg.backbones]
+            save_hand_model(run_dir / "model.pt", cfg, r.model, ids)
+        (run_dir / "metrics.json").write_text(json.dumps({"method": cfg.name, "seed": seed, **r.metrics}, indent=2))
+        typer.echo("  ".join(f"{k}={v:.3f}" for k, v in r.metrics.items()))
+        typer.echo(f"saved to {run_dir}")
+
+    @app.command()
+    def evaluate(
+        configs: Annotated[list[Path], typer.Argument(help="one or more method YAMLs")],
+        seeds: Annotated[str, typer.Option(help="comma-separated split seeds")] = "0,1,2,3,4",
+        out: Annotated[Path, typer.Option(help="report folder")] = Path("reports/evaluate"),
+        device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
+    ) -> None:
+        """Run methods over several split seeds; print mean ± std and write a report of the first seed."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from biomatch.config import load_method
+        from biomatch.hands.methods import run_method
+        from biomatch.hands.protocol import load_hands, make_split
+        from biomatch.results import summarize
+        from biomatch.viz.hands_report import COLUMNS, write_hands_report
+
+        samples, seed_list = load_hands(), _seeds(seeds)
+        table = Table(title=f"dorsal → palmar, seeds {seed_list}")
+        table.add_column("method")
+        for c in COLUMNS:
+            table.add_column(c, justify="right")
+        first = []
+        for path in configs:
+            cfg = load_method(path)
+            runs = [run_method(cfg, make_split(samples, s), device=device, progress=False) for s in seed_list]
+            first.append(runs[0])
+            stats = {c: summarize([r.metrics[c] for r in runs]) for c in COLUMNS}
+            table.add_row(cfg.name, *(f"{stats[c]['mean']:.3f} ± {stats[c]['std']:.3f}" for c in COLUMNS))
+        Console().print(table)
+        typer.echo(f"report: {write_hands_report(first, out)}")
+
+    @app.command()
+    def embed(
+        model: Annotated[Path, typer.Argument(help="model.pt written by `biomatch train`")],
+        images: Annotated[list[Path], typer.Argument(help="image files")],
+        view: Annotated[str, typer.Option(help="dorsal (query) or palmar (gallery)")] = "dorsal",
+        out: Annotated[Path, typer.Option(help=".npy file for the (N, dim) embeddings")] = Path("embeddings.npy"),
+    ) -> None:
+        """Embed hand images with a trained model and save them as a NumPy array."""
+        import numpy as np
+
+        from biomatch.data.images import load_image
+        from biomatch.hands.model import HandEmbedder
+
+        emb = HandEmbedder(model).embed([load_image(p) for p in images], view=view)
+        np.save(out, emb)
+        typer.echo(f"{emb.shape[0]} embeddings of dimension {emb.shape[1]} → {out}")
+
+    @app.command()
+    def backbones() -> None:
+        """List the registered backbones."""
+        from biomatch.models.backbones import list_backbones
+
+        for name, desc in list_backbones().items():
+            typer.echo(f"{name:20s} {desc}")

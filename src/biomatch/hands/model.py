@@ -1,0 +1,94 @@
+"""A trained dorsal→palmar model on disk, loadable as an `Embedder` for any image.
+
+The file stores the method config, the head weights and each backbone's weights id; the
+backbones themselves come from the registry, and a weights mismatch is refused (features
+from other weights would silently give wrong matches).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from biomatch.config import MethodConfig
+from biomatch.data.transforms import eval_transform
+from biomatch.errors import InputError, NotFoundError, StateError
+from biomatch.models.backbones import create_backbone
+from biomatch.models.heads import ProjectionHead
+
+FORMAT = "biomatch-hand-model/1"
+VIEWS = ("dorsal", "palmar")
+
+
+def save_hand_model(path: Path, cfg: MethodConfig, head: ProjectionHead, weights_ids: Sequence[str]) -> Path:
+    """Write the model atomically (tmp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    blob = {"format": FORMAT, "config": cfg.model_dump(), "head_dims": head.dims, "normalize": head.normalize,
+            "head_state": head.state_dict(), "weights_ids": list(weights_ids)}
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+class HandEmbedder:
+    """Embeds hand images as dorsal queries or palmar gallery items (palmar may be mirrored)."""
+
+    def __init__(self, path: str | Path, device: str = "cpu") -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise NotFoundError(f"hand model not found: {path}")
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # torch raises many types for a non-model file
+            raise InputError(f"{path} is not a biomatch hand model: {exc}") from exc
+        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+            raise InputError(f"{path} is not a biomatch hand model ({FORMAT})")
+        self.cfg = MethodConfig(**blob["config"])
+        self.backbones = [create_backbone(n, pool=self.cfg.pool).to(device).eval() for n in self.cfg.backbones]
+        found = [b.weights_id for b in self.backbones]
+        if found != blob["weights_ids"]:
+            raise StateError(f"{path} was trained on backbone weights {blob['weights_ids']}, "
+                             f"but this installation provides {found}")
+        self.head = ProjectionHead(blob["head_dims"], normalize=blob["normalize"])
+        self.head.load_state_dict(blob["head_state"])
+        self.head.eval()
+        self.device, self.name, self.dim = device, f"hands:{self.cfg.name}", blob["head_dims"][-1]
+        self._hash = hashlib.sha256(path.read_bytes()).hexdigest()
+        self._transforms = [eval_transform(self.cfg.image_size or b.input_size, b.mean, b.std) for b in self.backbones]
+
+    @property
+    def model_hash(self) -> str:
+        return self._hash
+
+    @torch.no_grad()
+    def _features(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        parts = []
+        for bb, tf in zip(self.backbones, self._transforms):
+            x = torch.stack([tf(img.convert("RGB")) for img in images]).to(self.device)
+            parts.append(F.normalize(bb(x).float().cpu(), dim=1))
+        return torch.cat(parts, 1)
+
+    @torch.no_grad()
+    def embed(self, images: Sequence[Image.Image], view: str = "dorsal") -> np.ndarray:
+        """(N, dim) float32 L2-normalized embeddings of images all of one `view`."""
+        if view not in VIEWS:
+            raise InputError(f"view must be one of {VIEWS}, got {view!r}")
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        mirror = self.cfg.mirror_gallery and view == "palmar"
+        canon = [ImageOps.mirror(i) if mirror else i for i in images]
+        z = self.head(self._features(canon))
+        if self.cfg.tta:
+            z = z + self.head(self._features([ImageOps.mirror(i) for i in canon]))
+        return F.normalize(z, dim=1).numpy().astype(np.float32)
+
+
