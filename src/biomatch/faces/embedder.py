@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from biomatch.errors import InputError
 from biomatch.export import IMAGENET_MEAN, IMAGENET_STD, OnnxEmbedder, Preprocess
 
 FACE_CROP = (6 / 112, 0 / 112, 106 / 112, 100 / 112)
@@ -64,6 +65,8 @@ class FaceEmbedder(OnnxEmbedder):
             from biomatch.faces.detect import crop_face
 
             labels = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
+            if len(labels) != len(images):
+                raise InputError(f"{len(images)} images but {len(labels)} names")
             images = [crop_face(im, name) for im, name in zip(images, labels, strict=True)]
         return super().embed(images)
 
