@@ -125,3 +125,19 @@ def test_random_pairs_balanced_cross_view():
     assert (trip[:, 0] != trip[:, 1]).all()
     batch = next(iter(PairBatchSampler(labels, 8, 3, seed=0, views=list(views), view_pair=("dorsal", "palmar"))))
     assert len(batch) == 16
+
+
+@pytest.mark.parametrize("preset", ["none", "flip", "light", "strong"])
+def test_augmentation_presets_keep_shape_and_normalization(preset, hands_samples):
+    import torch
+
+    from biomatch.data.transforms import AugmentConfig, eval_transform, train_transform
+
+    img = load_image(hands_samples[0].path)
+    torch.manual_seed(0)
+    x = train_transform(96, AugmentConfig.named(preset))(img)
+    assert x.shape == (3, 96, 96) and x.dtype == torch.float32
+    if preset == "none":
+        assert torch.equal(x, eval_transform(96)(img))
+    with pytest.raises(InputError, match="unknown augmentation"):
+        AugmentConfig.named("wild")
