@@ -1,0 +1,82 @@
+"""Identity datasets for the workbench: named datasets or any "one folder per identity" root,
+split per identity (stratified) into train / validation / test, all seeded.
+
+A dataset root that holds `train/` and `test/` folders (GTSRB) keeps its official test set:
+its training images are frames of a few physical signs, so a random split would leak
+near-duplicates into test. Validation is always carved out of train, stratified.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from biomatch.data.datasets import Sample, identities, load_identity_folders
+from biomatch.data.splits import stratified_split
+from biomatch.errors import InputError, NotFoundError
+from biomatch.paths import dataset_dir
+
+NAMED = {"lfw62": "LFW, people with >= 20 images (62 identities)",
+         "gtsrb_small": "GTSRB traffic signs, 43 classes (60 train + 20 test per class)"}
+
+
+@dataclass
+class IdentitySplit:
+    """Train / validation / test samples of one seeded split; `classes` fixes label indices."""
+
+    dataset: str
+    seed: int
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    classes: list[str]
+    official_test: bool = False
+
+    def labels(self, samples: Sequence[Sample]) -> np.ndarray:
+        """Integer class index of each sample (index into `classes`)."""
+        index = {c: i for i, c in enumerate(self.classes)}
+        try:
+            return np.array([index[s.identity] for s in samples], dtype=np.int64)
+        except KeyError as exc:
+            raise InputError(f"identity {exc.args[0]!r} is not one of this split's classes") from exc
+
+    @property
+    def all_samples(self) -> list[Sample]:
+        return sorted(self.train + self.val + self.test, key=lambda s: str(s.path))
+
+
+def resolve_root(dataset: str | Path) -> Path:
+    """A named dataset (lfw62, gtsrb_small) or a folder path."""
+    if str(dataset) in NAMED:
+        return dataset_dir(str(dataset))
+    root = Path(dataset)
+    if not root.is_dir():
+        raise NotFoundError(f"dataset {dataset!r} is neither a named dataset ({', '.join(NAMED)}) nor a folder")
+    return root
+
+
+def load_split(dataset: str | Path, seed: int = 0, test_fraction: float = 0.25,
+               val_fraction: float = 0.2) -> IdentitySplit:
+    """Seeded per-identity stratified split; official test set kept when the root has one."""
+    root = resolve_root(dataset)
+    name = str(dataset) if str(dataset) in NAMED else root.name
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        trainval, test = load_identity_folders(root / "train"), load_identity_folders(root / "test")
+        official = True
+    else:
+        trainval, test = stratified_split(load_identity_folders(root), test_fraction, seed)
+        official = False
+    if val_fraction > 0:
+        train, val = stratified_split(trainval, val_fraction, seed + 10_007)
+    else:
+        train, val = trainval, []
+    classes = identities(trainval)
+    unknown = sorted({s.identity for s in test} - set(classes))
+    if unknown:
+        raise InputError(f"{root}: test identities without training images: {unknown[:5]}")
+    if len(classes) < 2:
+        raise InputError(f"{root}: need at least two identities, found {len(classes)}")
+    return IdentitySplit(name, seed, train, val, test, classes, official)

@@ -1,0 +1,242 @@
+"""Train one loss/mining strategy on an identity dataset and score it with k-NN and NCM.
+
+Two modes, picked by the backbone name:
+- frozen: a pretrained source (EfficientNet-Lite0/2, MobileFaceNet) computes cached features
+  once; only a projection head is trained (seconds per strategy on a 2-core CPU);
+- scratch: `tiny_cnn` is trained end to end on 64×64 images held in memory as tensors.
+
+Every strategy sees about the same number of embeddings per epoch, so the loss and
+validation curves of the comparison are on one time axis.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from biomatch.data.datasets import Sample
+from biomatch.data.samplers import PKSampler
+from biomatch.errors import InputError
+from biomatch.metrics.classification import KNNClassifier, NearestClassMean, classification_report
+from biomatch.objectives import make_objective
+from biomatch.training import History, TrainConfig, fit
+from biomatch.workbench.data import IdentitySplit
+from biomatch.workbench.networks import RowTripletObjective
+from biomatch.workbench.pairs import TupleBatchSampler, balanced_pairs, triplets
+
+SCRATCH_BACKBONES = ("tiny_cnn",)
+# strategy → (how batches are drawn, what loss is applied)
+STRATEGIES: dict[str, str] = {
+    "contrastive": "twin network, balanced random pairs, squared-hinge contrastive (y=1 same)",
+    "triplet_random": "triplet network, uniformly random triplets",
+    "triplet_batch_all": "PK batches, triplet loss over all valid triplets (non-zero averaged)",
+    "triplet_batch_hard": "PK batches, hardest positive and negative per anchor",
+    "triplet_semi_hard": "PK batches, semi-hard negatives (FaceNet)",
+    "multi_similarity": "PK batches, multi-similarity loss + miner",
+    "arcface": "PK batches, ArcFace (additive angular margin) classification loss",
+}
+
+
+@dataclass
+class ExperimentConfig:
+    """One run. `dim` is the embedding size; `hidden=0` makes the head linear."""
+
+    strategy: str = "triplet_batch_hard"
+    backbone: str = "efficientnet_lite0"
+    dim: int = 128
+    hidden: int = 512
+    epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    p: int = 16
+    k: int = 4
+    margin: float | None = None
+    image_size: int = 64
+    augment: str = "shift"  # scratch mode: none | shift | shift_flip
+    standardize: bool = True  # scratch mode: per-image, per-channel standardization (dark signs)
+    knn_k: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise InputError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
+        if self.dim < 1 or self.epochs < 1 or self.p < 2 or self.k < 2:
+            raise InputError("dim and epochs must be >= 1, p and k >= 2")
+        if self.augment not in ("none", "shift", "shift_flip"):
+            raise InputError(f"unknown augment {self.augment!r}; use none, shift or shift_flip")
+
+    @property
+    def scratch(self) -> bool:
+        return self.backbone in SCRATCH_BACKBONES
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone}/{self.strategy}/d{self.dim}"
+
+
+@dataclass
+class ExperimentResult:
+    """Curves, test metrics and embeddings of one run (test embeddings for maps/look-alikes)."""
+
+    config: ExperimentConfig
+    history: History
+    metrics: dict[str, float]
+    timing: dict[str, float]
+    train_emb: np.ndarray
+    train_labels: np.ndarray
+    test_emb: np.ndarray
+    test_labels: np.ndarray
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def val_accuracy(self) -> list[float]:
+        return [v["accuracy"] for v in self.history.val]
+
+    def summary(self) -> dict:
+        return {"config": asdict(self.config), "metrics": self.metrics, "timing": self.timing,
+                "loss": self.history.loss, "val_accuracy": self.val_accuracy,
+                "best_epoch": self.history.best_epoch}
+
+
+class RowsDataset(Dataset):
+    """Rows of a tensor as (input, label, view=0); in scratch mode images are augmented by a
+    seeded random shift (pad 4, crop) and optional horizontal flip."""
+
+    def __init__(self, x: torch.Tensor, labels: np.ndarray, augment: str = "none", seed: int = 0) -> None:
+        self.x, self.labels = x, torch.as_tensor(labels)
+        self.augment, self.gen = augment, torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        x = self.x[i]
+        if self.augment != "none" and x.ndim == 3:
+            pad = 4
+            dy, dx = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=self.gen))
+            x = nn.functional.pad(x[None], (pad,) * 4, mode="replicate")[0, :, dy : dy + self.x.shape[2],
+                                                                        dx : dx + self.x.shape[3]]
+            if self.augment == "shift_flip" and bool(torch.rand((), generator=self.gen) < 0.5):
+                x = x.flip(-1)
+        return x, self.labels[i], 0
+
+
+def load_image_tensor(samples: Sequence[Sample], size: int, progress: bool = False,
+                      standardize: bool = False) -> torch.Tensor:
+    """(N, 3, size, size) float tensor of the images (held in memory): ImageNet-normalized, or
+    with `standardize` each image's channels to zero mean / unit std, which removes the
+    exposure differences that dominate raw pixels of traffic-sign photos."""
+    from tqdm.auto import tqdm
+
+    from biomatch.data.images import load_image
+    from biomatch.data.transforms import eval_transform
+
+    tf = eval_transform(size)
+    x = torch.stack([tf(load_image(s.path)) for s in tqdm(samples, desc="loading images",
+                                                          disable=not progress, leave=False)])
+    if standardize:
+        x = (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), keepdim=True).clamp_min(1e-3)
+    return x
+
+
+def make_objective_for(cfg: ExperimentConfig, n_classes: int) -> nn.Module:
+    """The loss of a strategy (embeddings are L2-normalized, so distances lie in [0, 2])."""
+    s = cfg.strategy
+    if s == "contrastive":
+        return make_objective("pair_contrastive", margin=1.0 if cfg.margin is None else cfg.margin)
+    if s == "triplet_random":
+        return RowTripletObjective(0.2 if cfg.margin is None else cfg.margin)
+    if s.startswith("triplet_"):
+        return make_objective("pml", loss="triplet", miner=s.removeprefix("triplet_"), margin=cfg.margin)
+    if s == "multi_similarity":
+        return make_objective("pml", loss="multi_similarity", miner="multi_similarity")
+    return make_objective("pml", loss="arcface", miner="none", margin=cfg.margin, embedding_dim=cfg.dim,
+                          num_classes=n_classes)
+
+
+def make_batch_sampler(cfg: ExperimentConfig, labels: np.ndarray):
+    """Same number of embeddings per batch (≈ p·k) and per epoch (≈ one pass) for every strategy."""
+    batch = cfg.p * cfg.k
+    per_epoch = max(1, len(labels) // batch)
+    if cfg.strategy == "contrastive":
+        return TupleBatchSampler(labels, balanced_pairs, 2, batch // 2, per_epoch, cfg.seed)
+    if cfg.strategy == "triplet_random":
+        return TupleBatchSampler(labels, triplets, 3, batch // 3, per_epoch, cfg.seed)
+    return PKSampler(labels.tolist(), min(cfg.p, len(np.unique(labels))), cfg.k, batches_per_epoch=per_epoch,
+                     seed=cfg.seed)
+
+
+def build_model(cfg: ExperimentConfig, in_dim: int | None) -> nn.Module:
+    """Frozen mode: the head alone. Scratch mode: tiny CNN + head (one shared embedder)."""
+    from biomatch.models.heads import EmbeddingModel, ProjectionHead
+
+    torch.manual_seed(cfg.seed)
+    if cfg.scratch:
+        from biomatch.models.backbones import create_backbone
+
+        backbone = create_backbone(cfg.backbone, pretrained=False)
+        dims = [backbone.feat_dim, cfg.hidden, cfg.dim] if cfg.hidden else [backbone.feat_dim, cfg.dim]
+        return EmbeddingModel(backbone, ProjectionHead(dims, normalize=True))
+    assert in_dim is not None
+    dims = [in_dim, cfg.hidden, cfg.dim] if cfg.hidden else [in_dim, cfg.dim]
+    return ProjectionHead(dims, normalize=True)
+
+
+@torch.no_grad()
+def embed_rows(model: nn.Module, x: torch.Tensor, batch: int = 256) -> np.ndarray:
+    """Embeddings of input rows (features or images), eval mode, float32."""
+    model.eval()
+    return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).float().numpy()
+
+
+def run_experiment(cfg: ExperimentConfig, split: IdentitySplit, features=None, images=None,
+                   progress: bool = True) -> ExperimentResult:
+    """Train `cfg` on split.train, validate (k-NN on split.val) every epoch, keep the best
+    epoch, then classify split.test with k-NN and NCM fitted on train+val embeddings.
+
+    `features`: a `FeatureTable` (frozen mode); `images`: a callable samples → image tensor
+    (scratch mode; pass a cached one to load each image once across strategies).
+    """
+    if not split.val:
+        raise InputError("the workbench needs a validation split for its per-epoch curves")
+    if cfg.scratch:
+        get = images or (lambda s: load_image_tensor(s, cfg.image_size, standardize=cfg.standardize))
+        x_train, x_val, x_test = get(split.train), get(split.val), get(split.test)
+    else:
+        if features is None:
+            raise InputError(f"frozen mode ({cfg.backbone}) needs precomputed features")
+        x_train, x_val, x_test = (torch.from_numpy(features(s)) for s in (split.train, split.val, split.test))
+    y_train, y_val, y_test = split.labels(split.train), split.labels(split.val), split.labels(split.test)
+    model = build_model(cfg, None if cfg.scratch else x_train.shape[1])
+    objective = make_objective_for(cfg, len(split.classes))
+    dataset = RowsDataset(x_train, y_train, cfg.augment if cfg.scratch else "none", cfg.seed)
+
+    def validate(m: nn.Module) -> dict[str, float]:
+        tr, va = embed_rows(m, x_train), embed_rows(m, x_val)
+        knn = KNNClassifier(k=min(cfg.knn_k, len(tr))).fit(tr, y_train).score(va, y_val)
+        return {"accuracy": knn, "ncm_accuracy": NearestClassMean().fit(tr, y_train).score(va, y_val)}
+
+    tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, monitor="accuracy",
+                       seed=cfg.seed)
+    start = time.perf_counter()
+    history = fit(model, dataset, make_batch_sampler(cfg, y_train), objective, tcfg, validate,
+                  progress=progress)
+    train_s = time.perf_counter() - start
+    ref_x, ref_y = torch.cat([x_train, x_val]), np.concatenate([y_train, y_val])
+    ref_emb, test_emb = embed_rows(model, ref_x), embed_rows(model, x_test)
+    metrics = classification_report(ref_emb, ref_y, test_emb, y_test, k=cfg.knn_k)
+    return ExperimentResult(cfg, history, metrics, {"train_s": train_s}, ref_emb, ref_y, test_emb, y_test,
+                            split.classes)
+
+
+def baseline_metrics(features, split: IdentitySplit, knn_k: int = 5) -> dict[str, float]:
+    """k-NN / NCM directly on the frozen features (no training): what a head must beat."""
+    ref = split.train + split.val
+    return classification_report(features(ref), split.labels(ref), features(split.test),
+                                 split.labels(split.test), k=knn_k)
