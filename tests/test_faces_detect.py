@@ -1,4 +1,4 @@
-"""Haar detection: our numpy cascade against boxes from OpenCV 4.11's CascadeClassifier."""
+"""Haar detection through cv2.CascadeClassifier, against boxes recorded earlier with OpenCV 4.11."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from biomatch.errors import InputError, NotFoundError
-from biomatch.faces.detect import HaarCascade, crop_face, detect_faces, frame_from_box, group_rectangles
+from biomatch.faces.detect import MAX_DETECT_SIDE, crop_face, default_cascade_path, detect_faces, frame_from_box
 from biomatch.paths import dataset_dir
 
 
@@ -29,24 +29,26 @@ OPENCV_REFERENCE = {
 }
 
 
-def _iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    iw = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    ih = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = iw * ih
-    return inter / (aw * ah + bw * bh - inter)
-
-
 @pytest.mark.parametrize("key", list(OPENCV_REFERENCE))
-def test_cascade_matches_opencv_reference(key):
+def test_detect_faces_matches_opencv_4_11_reference(key):
     dataset, rel, pad = key
     grey = np.asarray(Image.open(_data(dataset) / rel).convert("L"))
     if pad:
         grey = np.pad(grey, pad, mode="edge")
-    boxes = HaarCascade.load().detect(grey)
+    assert max(grey.shape) <= MAX_DETECT_SIDE  # no shrinking: the boxes are comparable pixel for pixel
+    boxes = detect_faces(Image.fromarray(grey))
     assert len(boxes) == 1
-    assert _iou(boxes[0], OPENCV_REFERENCE[key]) > 0.9
+    assert np.abs(boxes[0] - np.array(OPENCV_REFERENCE[key])).max() <= 1
+
+
+def test_large_photo_is_shrunk_and_boxes_scaled_back():
+    face = Image.open(_data("lfw_pairs") / "images/AJ_Lamas/AJ_Lamas_0001.jpg").convert("RGB")
+    small = Image.new("RGB", (480, 360), (100, 100, 100))
+    small.paste(face.resize((224, 224), Image.BICUBIC), (150, 60))
+    big = small.resize((1440, 1080), Image.BICUBIC)  # 3x: detected at 480 px, boxes in 1440 px units
+    (box_small,) = detect_faces(small)
+    (box_big,) = detect_faces(big)
+    assert np.abs(box_big - 3 * box_small).max() <= 6  # resampling differences of ~1-2 px at 480
 
 
 def test_no_face_in_flat_or_noise_image():
@@ -69,19 +71,13 @@ def test_crop_face_recovers_lfw_frame_from_a_larger_photo():
     assert crop_face(photo).size == (112, 112)
 
 
-def test_group_rectangles_needs_neighbours_and_merges():
-    boxes = np.array([[10, 10, 40, 40], [11, 10, 40, 40], [10, 11, 41, 41], [12, 12, 40, 40], [200, 200, 30, 30]])
-    out = group_rectangles(boxes, min_neighbors=3)
-    assert out.tolist() == [[11, 11, 40, 40]]  # lone box dropped, 4 similar ones averaged
-    assert len(group_rectangles(boxes, min_neighbors=4)) == 0
-
-
 def test_cascade_errors(tmp_path):
+    assert default_cascade_path().is_file()
     with pytest.raises(NotFoundError):
-        HaarCascade.load(tmp_path / "missing.xml")
+        detect_faces(Image.new("L", (50, 50)), cascade=tmp_path / "missing.xml")
     bad = tmp_path / "bad.xml"
     bad.write_text("<opencv_storage><cascade><featureType>LBP</featureType></cascade></opencv_storage>")
-    with pytest.raises(InputError, match="not a HAAR cascade"):
-        HaarCascade.load(bad)
+    with pytest.raises(InputError, match="cannot load a cascade"):
+        detect_faces(Image.new("L", (50, 50)), cascade=bad)
     with pytest.raises(InputError, match="PIL image"):
         crop_face(np.zeros((10, 10)), "x")  # type: ignore[arg-type]
