@@ -116,3 +116,34 @@ def test_cli_with_face_model(tmp_path: Path, capsys, monkeypatch) -> None:
                                  "tar": 0.9, "n_genuine": 1, "n_impostor": 1, "dataset": "x", "date": "x"}))
     code, _, err = run(["verify", "colin", str(colin[10]), *store, "--threshold-file", str(other)], capsys, monkeypatch)
     assert code == 2 and "calibrated for model sha256 000" in " ".join(err.split())
+
+
+def test_cli_identify_with_rsm(tmp_path: Path, images, capsys, monkeypatch) -> None:
+    """--rescore rsm and its options reach the service: same ranking and R values as the API."""
+    from biomatch.gallery.service import GalleryService
+    from biomatch.gallery.store import SQLiteStore
+    from biomatch.gallery.toy import PixelEmbedder
+
+    db = tmp_path / "g.db"
+    base = ["--store", str(db), "--embedder", "pixels"]
+    for name in ("alice", "bob", "carol"):
+        run(["enroll", name, *images[name][:2], *base], capsys, monkeypatch)
+    rsm = ["--rescore", "rsm", "--rsm-m", "3", "--rsm-alpha", "0.5", "--rsm-seed", "4", "--shortlist", "2"]
+    code, out, _ = run(["identify", images["bob"][3], "-k", "3", *base, "--threshold", "0.5", *rsm, "--json"],
+                       capsys, monkeypatch)
+    got = json.loads(out)
+    svc = GalleryService(PixelEmbedder(), SQLiteStore(db), 0.5, rescore="rsm",
+                         rescore_options={"m": 3, "alpha": 0.5, "seed": 4, "shortlist": 2})
+    want = svc.identify(images["bob"][3], k=3)
+    assert code == 0 and got["user"] == want.user == "bob"
+    assert [c["user"] for c in got["candidates"]] == [m.user for m in want.candidates]
+    assert [c["rsm"] for c in got["candidates"]] == pytest.approx([m.rsm for m in want.candidates], abs=1e-9)
+    assert got["candidates"][2]["rsm"] is None and got["candidates"][0]["rsm"] is not None  # beyond the shortlist
+    other = GalleryService(PixelEmbedder(), SQLiteStore(db), 0.5, rescore="rsm",
+                           rescore_options={"m": 3, "alpha": 1.0, "seed": 4, "shortlist": 2})
+    assert other.identify(images["bob"][3], k=1).candidates[0].rsm != pytest.approx(got["candidates"][0]["rsm"])
+    code, out, _ = run(["identify", images["bob"][3], *base, "--threshold", "0.5", *rsm], capsys, monkeypatch)
+    assert out.splitlines()[0] == "bob" and " rsm " in out.splitlines()[1]
+    code, _, err = run(["identify", images["bob"][3], *base, "--threshold", "0.5", "--rescore", "knn"],
+                       capsys, monkeypatch)
+    assert code == 2 and "unknown rescoring 'knn'" in err

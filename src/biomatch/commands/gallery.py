@@ -17,10 +17,10 @@ SearchOpt = Annotated[str, typer.Option("--search", help="exact | numpy | flat |
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 
 
-def _service(store, embedder, threshold, threshold_file, policy="mean", search="exact"):  # noqa: ANN001, ANN202
+def _service(store, embedder, threshold, threshold_file, policy="mean", search="exact", rescore="none", rescore_options=None):  # noqa: ANN001, ANN202, E501
     from biomatch.gallery.setup import build_service
 
-    return build_service(store, embedder, threshold, threshold_file, policy, search)  # type: ignore[arg-type]
+    return build_service(store, embedder, threshold, threshold_file, policy, search, rescore, rescore_options)  # type: ignore[arg-type]
 
 
 def _store(store: str | None):  # noqa: ANN202
@@ -86,17 +86,29 @@ def register(app: typer.Typer) -> None:
         threshold_file: ThresholdFileOpt = None,
         policy: PolicyOpt = "mean",
         search: SearchOpt = "exact",
+        rescore: Annotated[str, typer.Option("--rescore", help="none | rsm: re-rank the shortlist by RSM (references = enrolled templates)")] = "none",
+        rsm_m: Annotated[int, typer.Option("--rsm-m", help="RSM: references drawn from the enrolled templates (0 = all)")] = 30,
+        rsm_alpha: Annotated[float, typer.Option("--rsm-alpha", help="RSM: weight of the direct dissimilarity")] = 1.0,
+        rsm_seed: Annotated[int, typer.Option("--rsm-seed", help="RSM: seed of the reference draw")] = 0,
+        shortlist: Annotated[int, typer.Option("--shortlist", help="RSM: how many top cosine candidates to re-rank")] = 10,
         json: JsonOpt = False,
     ) -> None:
-        """Identify IMAGE among all enrolled users: the best user, or "unknown", and the top k."""
-        res = _service(store, embedder, threshold, threshold_file, policy, search).identify(image, k=k)
+        """Identify IMAGE among all enrolled users: the best user, or "unknown", and the top k.
+
+        With --rescore rsm the top --shortlist users are re-ranked by RSM; accepting the best
+        one still compares its cosine similarity with the threshold.
+        """
+        options = {"m": rsm_m or None, "alpha": rsm_alpha, "seed": rsm_seed, "shortlist": shortlist}
+        svc = _service(store, embedder, threshold, threshold_file, policy, search, rescore, options)
+        res = svc.identify(image, k=k)
         if json:
             _print_json({"user": res.user, "threshold": res.threshold,
                          "candidates": [m.__dict__ for m in res.candidates]})
             return
         typer.echo(res.user if res.user else "unknown")
         for rank, m in enumerate(res.candidates, 1):
-            typer.echo(f"  {rank}. {m.user}  distance {m.distance:.4f}")
+            extra = f"  rsm {m.rsm:.4f}" if m.rsm is not None else ""
+            typer.echo(f"  {rank}. {m.user}  distance {m.distance:.4f}{extra}")
 
     users_app = typer.Typer(help="List or delete enrolled users.", no_args_is_help=True)
     app.add_typer(users_app, name="users")
@@ -112,7 +124,7 @@ def register(app: typer.Typer) -> None:
             typer.echo("no users enrolled")
         for u in infos:
             models = ", ".join(h[:12] for h in u.model_hashes)
-            typer.echo(f"{u.user}\t{u.n_templates} template(s)\tmodel {models}")
+            typer.echo(f"{u.user}\t{u.n_templates} template(s)\tembedder {models}")
 
     @users_app.command("delete")
     def users_delete(user: Annotated[str, typer.Argument(help="user id")], store: StoreOpt = None) -> None:

@@ -1,17 +1,24 @@
 """Enrol / verify (1:1, unlock) / identify (1:N) on a template store with any Embedder.
 
 Adding a user never retrains anything: enrolment embeds a few images and stores the vectors,
-tagged with the embedder's model hash. Templates made by another model are never compared
-with this one's embeddings (they live in another space); the error says so.
+tagged with the embedder's id (``template_key``: its ``embedder_id`` when it has one, i.e. a
+hash of model + preprocessing, else its ``model_hash``). Templates made by another model, or
+by the same model on differently prepared inputs (faces detected in photos vs pre-cropped),
+are never compared with this one's embeddings; the error says so.
 
 Scores are cosine similarities (higher = same) and the threshold is a minimum similarity,
 as in biomatch.calibration: accept iff score ≥ threshold. Results also carry the distance
 1 − score, since people read "distance under the limit" more easily.
+
+Identify can re-rank its shortlist with RSM (``rescore="rsm"``, see ``RSMOptions``): the
+order of the top ``shortlist`` users then follows the RSM dissimilarity, while the accept
+decision still compares the chosen user's cosine score with the (cosine) threshold.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,20 +32,62 @@ from biomatch.data.images import load_image
 from biomatch.errors import BiomatchError, InputError, NotFoundError, StateError
 from biomatch.gallery.search import SEARCH_KINDS, Searcher, build_searcher
 from biomatch.gallery.store import TemplateStore, UserInfo, validate_user_id
+from biomatch.matching.rsm import draw_references
 from biomatch.models.embedder import Embedder
 
 ImageLike = Image.Image | bytes | str | Path
 Policy = Literal["max", "mean"]
 MAX_ENROL_IMAGES = 50
+RESCORE_KINDS = ("none", "rsm")
+
+
+def template_key(embedder: Embedder) -> str:
+    """What templates are stored under: ``embedder.embedder_id`` (model + preprocessing) if the
+    embedder defines one, else ``embedder.model_hash`` (an embedder whose preprocessing is fixed)."""
+    key = getattr(embedder, "embedder_id", None)
+    return str(key) if key else embedder.model_hash
+
+
+@dataclass(frozen=True)
+class RSMOptions:
+    """RSM re-scoring of identify's shortlist (biomatch.matching.rsm).
+
+    For the query q and a shortlisted user u with templates t:
+        R(q, t) = mean_{r in refs, owner(r) != u} |S(q, r) - S(t, r)|  +  alpha * S(q, t)
+    with S = (1 - cos) / 2 (dissimilarity, 0 = identical); u's R is the mean (policy "mean")
+    or the minimum (policy "max") over their templates; lower R = better match. ``refs`` are
+    ``m`` templates drawn with ``seed`` (``draw_references``, None = all) out of every template
+    in the gallery (store order); the candidate's own templates are left out of its pairs, so
+    references are always disjoint from the pair. A user for whom no reference remains (a
+    one-user gallery) gets the direct term only.
+    """
+
+    m: int | None = 30
+    alpha: float = 1.0
+    seed: int = 0
+    shortlist: int = 10
+
+    def __post_init__(self) -> None:
+        if self.m is not None and (not isinstance(self.m, int) or self.m < 1):
+            raise InputError(f"RSM needs m >= 1 references (or None = all), got {self.m!r}")
+        if not math.isfinite(self.alpha) or self.alpha < 0:
+            raise InputError(f"RSM alpha must be a finite number >= 0, got {self.alpha}")
+        if not isinstance(self.shortlist, int) or not 1 <= self.shortlist <= 1000:
+            raise InputError(f"RSM shortlist must be between 1 and 1000, got {self.shortlist!r}")
 
 
 @dataclass(frozen=True)
 class Match:
-    """One candidate user with their aggregated similarity and the matching distance."""
+    """One candidate user with their aggregated similarity and the matching distance.
+
+    ``rsm``: the user's RSM dissimilarity when identify re-ranked its shortlist with RSM
+    (lower = better; None otherwise or outside the shortlist).
+    """
 
     user: str
     score: float
     distance: float
+    rsm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +123,8 @@ class _Gallery:
     labels: list[str]  # row label of each searched vector
     n_users: int
     searcher: Searcher
+    refs: np.ndarray | None = None  # RSM references (M, dim), drawn from the gallery's templates
+    ref_owners: np.ndarray | None = None  # (M,) user of each reference
 
 
 def _name(image: ImageLike, i: int) -> str:
@@ -99,6 +150,8 @@ class GalleryService:
         search: str = "exact",
         search_options: dict[str, object] | None = None,
         rescorer: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+        rescore: str = "none",
+        rescore_options: RSMOptions | dict[str, object] | None = None,
     ) -> None:
         if policy not in ("max", "mean"):
             raise InputError(f"unknown enrolment policy {policy!r}; choose 'max' or 'mean'")
@@ -112,6 +165,18 @@ class GalleryService:
         self.search_options = dict(search_options or {})
         self._embed_takes_names = "names" in inspect.signature(embedder.embed).parameters
         self.rescorer = rescorer  # (query (dim,), shortlist (n, dim)) -> similarity scores (n,)
+        if rescore not in RESCORE_KINDS:
+            raise InputError(f"unknown rescoring {rescore!r}; choose one of {', '.join(RESCORE_KINDS)}")
+        if rescore == "rsm" and rescorer is not None:
+            raise InputError("pass either rescore='rsm' or a custom rescorer, not both")
+        self.rescore = rescore
+        if isinstance(rescore_options, RSMOptions):
+            self.rsm = rescore_options
+        else:
+            try:
+                self.rsm = RSMOptions(**dict(rescore_options or {}))  # type: ignore[arg-type]
+            except TypeError as exc:
+                raise InputError(f"bad RSM options {rescore_options}: {exc}") from exc
         self._lock = threading.Lock()
         self._gallery: _Gallery | None = None
         if search not in SEARCH_KINDS:
@@ -119,7 +184,13 @@ class GalleryService:
 
     @property
     def model_hash(self) -> str:
+        """SHA-256 of the embedder's weights (what a calibrated threshold is bound to)."""
         return self.embedder.model_hash
+
+    @property
+    def embedder_id(self) -> str:
+        """The key this service's templates are stored under (model + preprocessing)."""
+        return template_key(self.embedder)
 
     # -- embedding --------------------------------------------------------------------
     def embed(self, image: ImageLike, name: str = "image") -> np.ndarray:
@@ -153,8 +224,8 @@ class GalleryService:
         if len(images) > MAX_ENROL_IMAGES:
             raise InputError(f"at most {MAX_ENROL_IMAGES} images per enrolment, got {len(images)}")
         vectors = np.stack([self.embed(img, _name(img, i)) for i, img in enumerate(images)])
-        self.store.add(user, vectors, self.model_hash)
-        total = len(self.store.templates(self.model_hash, user=user))
+        self.store.add(user, vectors, self.embedder_id)
+        total = len(self.store.templates(self.embedder_id, user=user))
         return EnrollResult(user, len(vectors), total)
 
     def delete(self, user: str) -> int:
@@ -176,7 +247,7 @@ class GalleryService:
         validate_user_id(user)
         if not self.store.has_user(user):
             raise NotFoundError(f"unknown user {user!r}")
-        templates = self.store.templates(self.model_hash, user=user)
+        templates = self.store.templates(self.embedder_id, user=user)
         if len(templates) == 0:
             raise StateError(self._mismatch_message(f"user {user!r} has no templates"))
         query = self.embed(image, _name(image, 0))
@@ -190,7 +261,10 @@ class GalleryService:
             raise InputError(f"k must be between 1 and 100, got {k}")
         gallery = self._current_gallery()
         query = self.embed(image, _name(image, 0))
-        matches = self._top_users(gallery, query, k)
+        if self.rescore == "rsm":
+            matches = self._rsm_rerank(gallery, query, self._top_users(gallery, query, max(k, self.rsm.shortlist)))[:k]
+        else:
+            matches = self._top_users(gallery, query, k)
         best = matches[0] if matches and matches[0].score >= self.threshold else None
         return IdentifyResult(best.user if best else None, self.threshold, matches)
 
@@ -216,17 +290,50 @@ class GalleryService:
 
     def _rescore(self, query: np.ndarray, users: list[str]) -> list[tuple[str, float]]:
         """Optional re-scoring of the shortlist (e.g. RSM) with each user's templates."""
-        rescored = [(u, self._score_user(query, self.store.templates(self.model_hash, u).vectors)) for u in users]
+        rescored = [(u, self._score_user(query, self.store.templates(self.embedder_id, u).vectors)) for u in users]
         return sorted(rescored, key=lambda t: -t[1])
 
+    def _rsm_rerank(self, gallery: _Gallery, query: np.ndarray, matches: list[Match]) -> list[Match]:
+        """Re-order the first ``shortlist`` matches by RSM (ascending, ties keep cosine order)."""
+        assert gallery.refs is not None and gallery.ref_owners is not None
+        head, tail = matches[: self.rsm.shortlist], matches[self.rsm.shortlist :]
+        q = query.astype(np.float64)
+        refs = gallery.refs.astype(np.float64)
+        q_to_refs = (1.0 - refs @ q) / 2.0  # (M,)
+        scored = []
+        for m in head:
+            t = self.store.templates(self.embedder_id, m.user).vectors.astype(np.float64)  # (T, dim)
+            direct = (1.0 - t @ q) / 2.0  # (T,)
+            use = gallery.ref_owners != m.user
+            if use.any():
+                t_to_refs = (1.0 - t @ refs[use].T) / 2.0  # (T, M_u)
+                rel = np.abs(q_to_refs[use][None, :] - t_to_refs).mean(axis=1)
+            else:
+                rel = np.zeros(len(t))
+            r = rel + self.rsm.alpha * direct
+            value = float(r.mean() if self.policy == "mean" else r.min())
+            scored.append(Match(m.user, m.score, m.distance, value))
+        order = sorted(range(len(scored)), key=lambda i: (scored[i].rsm, i))
+        return [scored[i] for i in order] + tail
+
     def _mismatch_message(self, what: str) -> str:
-        others = {h: n for h, n in self.store.model_hashes().items() if h != self.model_hash}
+        key = self.embedder_id
+        others = {h: n for h, n in self.store.model_hashes().items() if h != key}
         if not others:
             return f"{what}: enrol first"
-        listing = ", ".join(f"{n} from model {h[:12]}" for h, n in sorted(others.items()))
+        siblings = getattr(self.embedder, "sibling_ids", None)
+        known: dict[str, str] = siblings() if callable(siblings) else {}
+        listing = ", ".join(
+            f"{n} from {known[h]} ({h[:12]})" if h in known else f"{n} from model {h[:12]}"
+            for h, n in sorted(others.items())
+        )
+        current = f"{self.embedder.name} ({key[:12]})"
+        prep = getattr(self.embedder, "preprocessing", None)
+        if isinstance(prep, dict) and "input" in prep:
+            current = f"{self.embedder.name} on input '{prep['input']}' ({key[:12]})"
         return (
-            f"{what} made by the current model {self.embedder.name} ({self.model_hash[:12]}); "
-            f"the store holds templates of other models ({listing}), which cannot be compared: re-enrol"
+            f"{what} made by the current model {current}; the store holds templates of other models "
+            f"or preprocessings ({listing}), which cannot be compared: re-enrol"
         )
 
     def _current_gallery(self) -> _Gallery:
@@ -235,7 +342,7 @@ class GalleryService:
             rev = self.store.revision()
             if self._gallery is not None and self._gallery.revision == rev:
                 return self._gallery
-            t = self.store.templates(self.model_hash)
+            t = self.store.templates(self.embedder_id)
             if len(t) == 0:
                 raise StateError(self._mismatch_message("the gallery is empty"))
             if t.vectors.shape[1] != self.embedder.dim:
@@ -248,7 +355,11 @@ class GalleryService:
                 labels, vectors = t.users, t.vectors
             options = self.search_options if self.search_kind not in ("exact", "numpy") else {}
             searcher = build_searcher(vectors, self.search_kind, **options)
-            self._gallery = _Gallery(rev, labels, len(set(labels)), searcher)
+            refs = owners = None
+            if self.rescore == "rsm":  # the same seeded draw while the gallery does not change
+                pick = draw_references(len(t), self.rsm.m, self.rsm.seed).numpy()
+                refs, owners = t.vectors[pick].copy(), np.asarray(t.users, dtype=object)[pick]
+            self._gallery = _Gallery(rev, labels, len(set(labels)), searcher, refs, owners)
             return self._gallery
 
 

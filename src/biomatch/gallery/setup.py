@@ -69,7 +69,12 @@ def build_service(
     threshold_file: Path | None = None,
     policy: Policy = "mean",
     search: str = "exact",
+    rescore: str = "none",
+    rescore_options: dict[str, object] | None = None,
 ) -> GalleryService:
     emb = load_embedder(embedder)
     value = load_threshold(emb, threshold, threshold_file)
-    return GalleryService(emb, open_store(store or default_store_path()), value, policy=policy, search=search)
+    return GalleryService(
+        emb, open_store(store or default_store_path()), value, policy=policy, search=search,
+        rescore=rescore, rescore_options=rescore_options,
+    )

@@ -4,6 +4,10 @@ SQLite (one file, WAL, synchronous=FULL) is the embedded default; PostgreSQL + p
 the same interface for deployments that outgrow one machine. Every write is one transaction
 that also bumps a revision counter, so a crash mid-enrolment leaves either the whole
 enrolment or none of it, and readers can cache the gallery until the revision changes.
+
+Templates are tagged with a key named ``model_hash`` in the API and schema (kept for existing
+stores): the service writes its ``template_key`` there, i.e. the embedder's ``embedder_id``
+(hash of model + preprocessing) when it has one, else the model's SHA-256.
 """
 
 from __future__ import annotations
@@ -69,7 +73,7 @@ def _check_vectors(vectors: np.ndarray, model_hash: str) -> np.ndarray:
 
 
 class TemplateStore(ABC):
-    """Users and their templates, each template tagged with the model hash that made it."""
+    """Users and their templates, each tagged with the key (model + preprocessing) of what made it."""
 
     @abstractmethod
     def add(self, user: str, vectors: np.ndarray, model_hash: str) -> list[int]:
