@@ -2,7 +2,10 @@
 
 An embedder turns images into float32, L2-normalized rows. Its `model_hash` is the
 SHA-256 of the weights file(s) it runs, so stored templates and calibrated thresholds can
-be bound to the exact model that made them.
+be bound to the exact model that made them. An embedder whose preprocessing can vary (a face
+embedder with or without detection) may also expose `embedder_id`, a hash of model and
+preprocessing: template stores key on it when present, so templates made with different
+preprocessing never get compared.
 """
 
 from __future__ import annotations
