@@ -101,3 +101,12 @@ def test_dimension_study_draws_direct_pca_and_tsne_maps(split, tmp_path):
                  "projector_d8/tensors.tsv", "projector_d8/metadata.tsv"):
         assert (tmp_path / name).stat().st_size > 0
     assert not (tmp_path / "map_d2_pca.png").exists()
+
+
+def test_finetune_mode_runs_end_to_end_on_images(split):
+    cfg = ExperimentConfig(strategy="arcface", backbone="efficientnet_lite0", finetune=True, image_size=32, dim=8,
+                           hidden=0, epochs=1, p=6, k=2, knn_k=3)
+    assert cfg.on_images and not cfg.per_image_standardize  # ImageNet normalization for pretrained weights
+    r = run_experiment(cfg, split, progress=False)
+    assert r.test_emb.shape == (len(split.test), 8) and len(r.history.loss) == 1
+    assert 0.0 <= r.metrics["knn_accuracy"] <= 1.0

@@ -41,6 +41,7 @@ def plot_curves(series: Mapping[str, Sequence[float]], path: str | Path, *, titl
             ax.plot(x[j], y[j], "o", color=cmap(i % 10), ms=7, mfc="none")
     if logy:
         ax.set_yscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel + (" (÷ epoch 1)" if relative else ""))
     ax.set_title(title)

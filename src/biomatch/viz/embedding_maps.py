@@ -72,6 +72,8 @@ def plot_embedding_map(train: np.ndarray, train_labels: Sequence[int], test: np.
                 ax.scatter(pts[sel, 0], pts[sel, 1], s=9, color=colors[ci], marker=markers[ci % len(markers)],
                            alpha=0.8, lw=0, label=str(class_names[c]) if class_names is not None and ci < 12 else None)
         ax.set_title(f"{name} ({len(pts)} points, {len(np.unique(lab))} classes)")
+        if method == "direct":
+            ax.set_aspect("equal", adjustable="box")
         ax.grid(alpha=0.2)
     if class_names is not None and len(classes) <= 12:
         axes[1].legend(fontsize=7, markerscale=2, loc="best")

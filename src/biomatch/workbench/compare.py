@@ -36,8 +36,8 @@ class ImageCache:
 
 def inputs_for(cfg: ExperimentConfig, split: IdentitySplit, cache: Path | None = None, progress: bool = True):
     """(features, images) for run_experiment: a FeatureTable in frozen mode, else an ImageCache."""
-    if cfg.scratch:
-        return None, ImageCache(cfg.image_size, progress, cfg.standardize)
+    if cfg.on_images:
+        return None, ImageCache(cfg.image_size, progress, cfg.per_image_standardize)
     return FeatureTable(cfg.backbone, split.all_samples, cache, progress), None
 
 
@@ -74,8 +74,8 @@ def compare_strategies(dataset: str | Path, base: ExperimentConfig, strategies: 
             m = results[s].metrics
             print(f"{s:20s} k-NN {m['knn_accuracy']:.3f}  NCM {m['ncm_accuracy']:.3f}  "
                   f"({results[s].timing['train_s']:.0f} s)", flush=True)
-    comp = Comparison(split.dataset, base, results, None if base.scratch else baseline_metrics(features, split,
-                                                                                                 base.knn_k))
+    comp = Comparison(split.dataset, base, results,
+                      None if base.on_images else baseline_metrics(features, split, base.knn_k))
     if out_dir is not None:
         write_comparison(comp, Path(out_dir))
     return comp
@@ -87,7 +87,8 @@ def write_comparison(comp: Comparison, out: Path) -> dict[str, Path]:
     from biomatch.viz.curves import plot_curves, plot_per_class_accuracy
 
     out.mkdir(parents=True, exist_ok=True)
-    what = f"{comp.dataset}, {comp.base.backbone}{' (from scratch)' if comp.base.scratch else ' (frozen) + head'}"
+    mode = " (from scratch)" if comp.base.scratch else " (finetuned)" if comp.base.finetune else " (frozen) + head"
+    what = f"{comp.dataset}, {comp.base.backbone}{mode}"
     paths = {
         "loss": plot_curves({k: r.history.loss for k, r in comp.results.items()}, out / "loss_curves.png",
                             title=f"Training loss — {what}", ylabel="mean batch loss", relative=True, logy=True),

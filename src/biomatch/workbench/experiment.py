@@ -1,9 +1,11 @@
 """Train one loss/mining strategy on an identity dataset and score it with k-NN and NCM.
 
-Two modes, picked by the backbone name:
+Three modes:
 - frozen: a pretrained source (EfficientNet-Lite0/2, MobileFaceNet) computes cached features
   once; only a projection head is trained (seconds per strategy on a 2-core CPU);
-- scratch: `tiny_cnn` is trained end to end on 64×64 images held in memory as tensors.
+- scratch: `tiny_cnn` is trained end to end on 64×64 images held in memory as tensors;
+- finetune (`finetune=True`): a pretrained torch backbone + head trained end to end on small
+  images (e.g. 64 px), for data whose look ImageNet features do not capture (traffic signs).
 
 Every strategy sees about the same number of embeddings per epoch, so the loss and
 validation curves of the comparison are on one time axis.
@@ -60,6 +62,7 @@ class ExperimentConfig:
     image_size: int = 64
     augment: str = "shift"  # scratch mode: none | shift | shift_flip
     standardize: bool = True  # scratch mode: per-image, per-channel standardization (dark signs)
+    finetune: bool = False  # train a pretrained backbone end to end on images of image_size
     knn_k: int = 5
     seed: int = 0
 
@@ -76,8 +79,17 @@ class ExperimentConfig:
         return self.backbone in SCRATCH_BACKBONES
 
     @property
+    def on_images(self) -> bool:
+        """Trained on images (scratch or finetune) rather than on cached features."""
+        return self.scratch or self.finetune
+
+    @property
+    def per_image_standardize(self) -> bool:
+        return self.standardize and self.scratch  # pretrained backbones expect ImageNet normalization
+
+    @property
     def name(self) -> str:
-        return f"{self.backbone}/{self.strategy}/d{self.dim}"
+        return f"{self.backbone}{'-ft' if self.finetune else ''}/{self.strategy}/d{self.dim}"
 
 
 @dataclass
@@ -177,10 +189,10 @@ def build_model(cfg: ExperimentConfig, in_dim: int | None) -> nn.Module:
     from biomatch.models.heads import EmbeddingModel, ProjectionHead
 
     torch.manual_seed(cfg.seed)
-    if cfg.scratch:
+    if cfg.on_images:
         from biomatch.models.backbones import create_backbone
 
-        backbone = create_backbone(cfg.backbone, pretrained=False)
+        backbone = create_backbone(cfg.backbone, pretrained=cfg.finetune)
         dims = [backbone.feat_dim, cfg.hidden, cfg.dim] if cfg.hidden else [backbone.feat_dim, cfg.dim]
         return EmbeddingModel(backbone, ProjectionHead(dims, normalize=True))
     assert in_dim is not None
@@ -205,17 +217,17 @@ def run_experiment(cfg: ExperimentConfig, split: IdentitySplit, features=None, i
     """
     if not split.val:
         raise InputError("the workbench needs a validation split for its per-epoch curves")
-    if cfg.scratch:
-        get = images or (lambda s: load_image_tensor(s, cfg.image_size, standardize=cfg.standardize))
+    if cfg.on_images:
+        get = images or (lambda s: load_image_tensor(s, cfg.image_size, standardize=cfg.per_image_standardize))
         x_train, x_val, x_test = get(split.train), get(split.val), get(split.test)
     else:
         if features is None:
             raise InputError(f"frozen mode ({cfg.backbone}) needs precomputed features")
         x_train, x_val, x_test = (torch.from_numpy(features(s)) for s in (split.train, split.val, split.test))
     y_train, y_val, y_test = split.labels(split.train), split.labels(split.val), split.labels(split.test)
-    model = build_model(cfg, None if cfg.scratch else x_train.shape[1])
+    model = build_model(cfg, None if cfg.on_images else x_train.shape[1])
     objective = make_objective_for(cfg, len(split.classes))
-    dataset = RowsDataset(x_train, y_train, cfg.augment if cfg.scratch else "none", cfg.seed)
+    dataset = RowsDataset(x_train, y_train, cfg.augment if cfg.on_images else "none", cfg.seed)
 
     def validate(m: nn.Module) -> dict[str, float]:
         tr, va = embed_rows(m, x_train), embed_rows(m, x_val)
