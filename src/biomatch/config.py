@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from biomatch.errors import InputError, NotFoundError
 
@@ -44,6 +44,29 @@ class MethodConfig(BaseModel):
     warmup_head_epochs: int = Field(default=0, ge=0)
     patience: int = Field(default=0, ge=0)
     batch_size_embed: int = Field(default=64, ge=1)
+    # Tap features (biomatch.hands.features): "<stage 1-7|head>:<avg|std|gem|gridN>" per entry;
+    # empty = the backbone's pooled last feature map (`pool`).
+    taps: list[str] = Field(default_factory=list)
+    train_on_val: bool = False  # train the head on train + val for the fixed budget, no validation
+    n_heads: int = Field(default=1, ge=1)  # ensemble of heads trained with different seeds
+    # Test-time re-ranking (report as its own protocol row): k-reciprocal (Zhong et al. 2017)
+    # or average query expansion (query side) with database-side augmentation (gallery side).
+    rerank: Literal["none", "k_reciprocal", "query_expansion"] = "none"
+    rerank_k1: int = Field(default=6, ge=1)
+    rerank_k2: int = Field(default=3, ge=1)
+    rerank_lambda: float = Field(default=0.3, ge=0, le=1)
+
+    @field_validator("taps")
+    @classmethod
+    def _check_taps(cls, taps: list[str]) -> list[str]:
+        from biomatch.hands.features import parse_tap
+
+        for tap in taps:
+            try:
+                parse_tap(tap)
+            except InputError as exc:
+                raise ValueError(str(exc)) from exc
+        return taps
 
 
 def load_method(path: str | Path) -> MethodConfig:

@@ -24,7 +24,7 @@ from biomatch.data.samplers import PKSampler
 from biomatch.data.transforms import AugmentConfig, eval_transform, train_transform
 from biomatch.embeddings import ImageDataset, cached_features, extract
 from biomatch.hands.protocol import GALLERY_VIEW, QUERY_VIEW, HandsSplit
-from biomatch.metrics.retrieval import RetrievalRanks, retrieval_ranks, retrieval_summary
+from biomatch.metrics.retrieval import RetrievalRanks, ranks_from_scores, retrieval_ranks, retrieval_summary
 from biomatch.models.backbones import Backbone, create_backbone
 from biomatch.models.heads import EmbeddingModel, ProjectionHead
 from biomatch.objectives import make_objective
@@ -97,11 +97,16 @@ def _views(samples: Sequence[Sample]) -> np.ndarray:
 
 class FeatureBank:
     """Backbone features (plain and mirrored) of every sample, L2-normalized per backbone and
-    concatenated: the input of the head in frozen mode."""
+    concatenated: the input of the head in frozen mode.
+
+    Features are computed over the samples sorted by path, so every split seed of one data set
+    shares one cache file; the cache name carries the pooling or the taps, so features of
+    different poolings never share a file."""
 
     def __init__(self, cfg: MethodConfig, samples: Sequence[Sample], device: str = "cpu",
                  cache: Path | None = None, progress: bool = True) -> None:
-        self.index = {s.path: i for i, s in enumerate(samples)}
+        ordered = sorted(samples, key=lambda s: str(s.path))
+        self.index = {s.path: i for i, s in enumerate(ordered)}
         plain, mirrored, self.backbones = [], [], []
         need_mirror = cfg.mirror_gallery or cfg.flip_augment or cfg.tta
         start = time.perf_counter()
@@ -109,11 +114,18 @@ class FeatureBank:
             bb = create_backbone(name, pool=cfg.pool).to(device)
             size = cfg.image_size or bb.input_size
             tf = eval_transform(size, bb.mean, bb.std)
-            plain.append(F.normalize(torch.from_numpy(cached_features(bb, name, samples, tf, cache=cache,
+            if cfg.taps:
+                from biomatch.hands.features import TapFeatures, taps_id
+
+                extractor: nn.Module = TapFeatures(bb, cfg.taps).to(device)
+                key = f"{name}@taps-{taps_id(cfg.taps)}"
+            else:
+                extractor, key = bb, name if cfg.pool == "avg" else f"{name}@{cfg.pool}"
+            plain.append(F.normalize(torch.from_numpy(cached_features(extractor, key, ordered, tf, cache=cache,
                                                                       progress=progress)), dim=1))
             if need_mirror:
                 mirrored.append(F.normalize(torch.from_numpy(cached_features(
-                    bb, name, samples, tf, mirror=True, cache=cache, progress=progress)), dim=1))
+                    extractor, key, ordered, tf, mirror=True, cache=cache, progress=progress)), dim=1))
             self.backbones.append(bb)
         self.seconds = time.perf_counter() - start
         self.plain = torch.cat(plain, 1).numpy()
@@ -168,14 +180,39 @@ def _objective(cfg: MethodConfig, n_classes: int) -> nn.Module:
     return make_objective(cfg.objective, margin=margin)
 
 
+class EnsembleHead(nn.Module):
+    """Several heads on the same input; the output is their L2-normalized embeddings concatenated
+    and re-normalized, so a cosine score is the mean of the heads' cosine scores."""
+
+    def __init__(self, heads: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(torch.cat([F.normalize(h(x), dim=1) for h in self.heads], dim=1), dim=1)
+
+
+HEAD_SEED_STRIDE = 7919  # head j of an ensemble trains with seed split.seed + j * stride
+
+
 def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache: Path | None = None,
                progress: bool = True, checkpoint: Path | None = None) -> RunResult:
-    """Train `cfg` on split.train (validating on split.val) and evaluate on split.test."""
+    """Train `cfg` on split.train (validating on split.val) and evaluate on split.test.
+
+    With `cfg.train_on_val` the head trains on train + val for the fixed budget, without
+    validation (the 11 % val split is too small to select epochs by). With `cfg.n_heads` > 1,
+    that many heads train with different seeds and are averaged (`EnsembleHead`). With
+    `cfg.rerank`, the test ranking is re-scored (a separate protocol row)."""
     all_samples = split.train + split.val + split.test
     bank = FeatureBank(cfg, all_samples, device, cache, progress)
     train, val, test = split.train, split.val, split.test
+    if cfg.train_on_val:
+        train, val = train + val, []
     labels = _label_index(train)
-    head = ProjectionHead([bank.dim, *cfg.head_dims], normalize=cfg.normalize, dropout=cfg.dropout)
+    if cfg.n_heads > 1 and cfg.mode != "frozen":
+        from biomatch.errors import InputError
+
+        raise InputError("n_heads > 1 needs mode: frozen")
     objective = _objective(cfg, len(set(labels)))
     tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, patience=cfg.patience,
                        seed=split.seed, device=device)
@@ -192,12 +229,22 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
 
     start = time.perf_counter()
     canon, alt = bank.canonical(train)
-    dataset = FeatureDataset(canon, alt, labels, _views(train), cfg.flip_augment, split.seed)
     head_epochs = cfg.epochs if cfg.mode == "frozen" else max(cfg.warmup_head_epochs, 1)
-    history = fit(head, dataset, _make_sampler(cfg, train, labels, split.seed),
-                  objective, TrainConfig(**{**tcfg.__dict__, "epochs": head_epochs}),
-                  validate if val and cfg.mode == "frozen" else None,
-                  checkpoint=checkpoint, resume=checkpoint is not None, progress=progress)
+    heads, history = [], History()
+    for j in range(cfg.n_heads):
+        seed = split.seed + j * HEAD_SEED_STRIDE
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            head = ProjectionHead([bank.dim, *cfg.head_dims], normalize=cfg.normalize, dropout=cfg.dropout)
+        dataset = FeatureDataset(canon, alt, labels, _views(train), cfg.flip_augment, seed)
+        head_history = fit(head, dataset, _make_sampler(cfg, train, labels, seed), objective,
+                           TrainConfig(**{**tcfg.__dict__, "epochs": head_epochs, "seed": seed}),
+                           validate if val and cfg.mode == "frozen" else None,
+                           checkpoint=checkpoint if cfg.n_heads == 1 else None,
+                           resume=checkpoint is not None and cfg.n_heads == 1, progress=progress)
+        history = head_history if j == 0 else history
+        heads.append(head)
+    head = heads[0] if len(heads) == 1 else EnsembleHead(heads)
     queries, gallery = HandsSplit.queries(test), HandsSplit.gallery(test)
     if cfg.mode == "frozen":
         q_emb, g_emb = embed_head(queries, head), embed_head(gallery, head)
@@ -205,7 +252,14 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
         q_emb, g_emb, history = _finetune(cfg, bank.backbones, head, objective, split, labels, tcfg, device,
                                           progress, queries, gallery)
     train_s = time.perf_counter() - start
-    ranks = retrieval_ranks(q_emb, g_emb, [s.identity for s in queries], [s.identity for s in gallery])
+    q_ids, g_ids = [s.identity for s in queries], [s.identity for s in gallery]
+    if cfg.rerank == "none":
+        ranks = retrieval_ranks(q_emb, g_emb, q_ids, g_ids)
+    else:
+        from biomatch.hands.rerank import rerank_scores
+
+        ranks = ranks_from_scores(rerank_scores(q_emb, g_emb, cfg.rerank, k1=cfg.rerank_k1, k2=cfg.rerank_k2,
+                                                lam=cfg.rerank_lambda), q_ids, g_ids)
     n_images = len(all_samples) * len(cfg.backbones) * (2 if bank.mirrored is not None else 1)
     timing = {"features_s": bank.seconds, "train_s": train_s}
     if bank.seconds > 1.0:  # cached features would make a throughput meaningless

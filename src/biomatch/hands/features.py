@@ -1,0 +1,101 @@
+"""Multi-stage "tap" features of an EfficientNet(-Lite) backbone for dorsal→palmar matching.
+
+Measured on the bundled 11k Hands images (see configs/hands_d_*.yaml): the globally pooled
+last feature map of an ImageNet CNN is a weak cross-view cue, while per-channel statistics
+(mean and standard deviation, the "style" of AdaIN) of the *early* stages carry what the
+dorsal and palmar photos of one subject share: skin colour and texture, accessories and
+the photo session's lighting. A tap is `"<stage>:<pool>"`:
+
+- stage: `1`…`7` (the end of EfficientNet stage n; stage 2 of Lite0 is 24 channels at
+  stride 4, stage 3 40 ch at stride 8, stage 4 80 ch and stage 5 112 ch at stride 16) or
+  `head` (the final 1×1 conv map, what `Backbone.forward` pools);
+- pool: `avg`, `std` (per-channel spatial standard deviation), `gem` or `gridN` (N×N
+  layout-keeping average pooling).
+
+Each tap's vector is L2-normalized before concatenation, so a 24-d colour-like tap weighs as
+much as a 1280-d one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from biomatch.errors import InputError
+
+POOLS = ("avg", "std", "gem")
+
+
+def parse_tap(tap: str) -> tuple[str, str]:
+    """`"3:std"` → ("3", "std"); raises InputError on anything else."""
+    stage, _, pool = tap.partition(":")
+    stage, pool = stage.strip(), pool.strip()
+    ok_stage = stage == "head" or (stage.isdigit() and 1 <= int(stage) <= 7)
+    ok_pool = pool in POOLS or (pool.startswith("grid") and pool[4:].isdigit() and int(pool[4:]) >= 1)
+    if not (ok_stage and ok_pool):
+        raise InputError(f"bad tap {tap!r}: use '<stage 1-7 or head>:<avg|std|gem|gridN>'")
+    return stage, pool
+
+
+def taps_id(taps: Sequence[str]) -> str:
+    """Short stable id of a tap list, for feature-cache names."""
+    return hashlib.sha256("|".join(taps).encode()).hexdigest()[:10]
+
+
+def pool_map(x: torch.Tensor, pool: str) -> torch.Tensor:
+    """(B, C, H, W) → (B, D) by one of the tap pools."""
+    if pool == "avg":
+        return x.mean(dim=(-2, -1))
+    if pool == "std":
+        return x.flatten(2).std(dim=2)
+    if pool == "gem":
+        return x.clamp(min=1e-6).pow(3).mean(dim=(-2, -1)).pow(1 / 3)
+    return F.adaptive_avg_pool2d(x, int(pool[4:])).flatten(1)
+
+
+def stage_ends(body: nn.Module) -> list[int]:
+    """Block indices where each EfficientNet stage ends (the output channel count changes next)."""
+    blocks = getattr(body, "_blocks", None)
+    if blocks is None:
+        raise InputError("tap features need an EfficientNet(-Lite) backbone (efficientnet_lite0/lite2)")
+    chans = [b._project_conv.out_channels for b in blocks]
+    return [i for i in range(len(blocks)) if i == len(blocks) - 1 or chans[i + 1] != chans[i]]
+
+
+class TapFeatures(nn.Module):
+    """Backbone → concatenated, per-tap L2-normalized tap features; runs the network only as
+    deep as the deepest tap needs. Carries the backbone's `weights_id`, `mean`, `std`."""
+
+    def __init__(self, backbone: nn.Module, taps: Sequence[str]) -> None:
+        super().__init__()
+        if not taps:
+            raise InputError("TapFeatures needs at least one tap")
+        self.backbone, self.taps = backbone, [parse_tap(t) for t in taps]
+        body = backbone.body
+        ends = stage_ends(body)
+        if len(ends) < 7:
+            raise InputError(f"expected 7 EfficientNet stages, found {len(ends)}")
+        self.block_of = {str(n + 1): ends[n] for n in range(7)}
+        self.need_head = any(s == "head" for s, _ in self.taps)
+        self.last_block = len(body._blocks) - 1 if self.need_head else max(self.block_of[s] for s, _ in self.taps)
+        self.weights_id, self.mean, self.std = backbone.weights_id, backbone.mean, backbone.std
+        self.input_size = backbone.input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        body = self.backbone.body
+        maps: dict[str, torch.Tensor] = {}
+        wanted = {self.block_of[s]: s for s, _ in self.taps if s != "head"}
+        x = body._swish(body._bn0(body._conv_stem(x)))
+        n = len(body._blocks)
+        for i, block in enumerate(body._blocks[: self.last_block + 1]):
+            rate = body._global_params.drop_connect_rate
+            x = block(x, drop_connect_rate=rate * float(i) / n if rate else None)
+            if i in wanted:
+                maps[wanted[i]] = x
+        if self.need_head:
+            maps["head"] = body._swish(body._bn1(body._conv_head(x)))
+        return torch.cat([F.normalize(pool_map(maps[s], p), dim=1) for s, p in self.taps], dim=1)
