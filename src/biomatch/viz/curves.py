@@ -63,9 +63,10 @@ def plot_per_class_accuracy(per_class: Mapping[str, float], path: str | Path, *,
     fig, ax = plt.subplots(figsize=(7, max(3.0, 0.17 * len(items) + 1)))
     ax.barh(range(len(items)), [v for _, v in items], color="tab:blue")
     ax.set_yticks(range(len(items)), [k for k, _ in items], fontsize=6)
+    ax.invert_yaxis()  # worst class on top
     ax.set_xlim(0, 1)
     ax.set_xlabel("accuracy")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9, wrap=True)
     ax.grid(axis="x", alpha=0.3)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -100,7 +100,7 @@ def write_comparison(comp: Comparison, out: Path) -> dict[str, Path]:
     pred = knn.predict(best.test_emb)
     per_class = {best.classes[c]: v for c, v in per_class_accuracy(best.test_labels, pred).items()}
     paths["per_class"] = plot_per_class_accuracy(per_class, out / "per_class_accuracy.png",
-                                                 title=f"Per-class k-NN accuracy, {best_name} — {what}")
+                                                 title=f"Per-class k-NN accuracy (test)\n{best_name} — {what}")
     summary = {"dataset": comp.dataset, "baseline": comp.baseline,
                "runs": {k: r.summary() for k, r in comp.results.items()}, "per_class_best": per_class}
     paths["summary"] = out / "summary.json"
