@@ -82,12 +82,15 @@ def test_run_method_report_and_saved_model_roundtrip(hands_subset, tmp_cache, tm
     from biomatch.models.backbones import create_backbone
 
     model_path = save_hand_model(tmp_path / "m.pt", cfg, result.model, [create_backbone("tiny_cnn").weights_id])
-    # tiny_cnn is random-init, so its weights id is "random" and the head is only valid with the same
-    # backbone instance; the file format and the view handling are what is checked here.
+    # The saved model rebuilds the seeded backbone and the head: it must reproduce the
+    # embeddings of the evaluation (mirrored palmar + flip TTA included).
     emb = HandEmbedder(model_path)
     imgs = [load_image(s.path) for s in result.gallery[:3]]
     z = emb.embed(imgs, view="palmar")
     assert z.shape == (3, 16) and np.allclose(np.linalg.norm(z, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(z, result.gallery_emb[:3], atol=1e-4)
+    q = emb.embed([load_image(s.path) for s in result.queries[:3]], view="dorsal")
+    np.testing.assert_allclose(q, result.query_emb[:3], atol=1e-4)
     with pytest.raises(InputError, match="view"):
         emb.embed(imgs, view="sideways")
     blob = __import__("torch").load(model_path, weights_only=False)
@@ -123,3 +126,22 @@ def test_cli_main_prints_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "biomatch.cli", "train", str(tmp_path / "none.yaml")],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "config not found" in proc.stderr
+
+
+def test_saved_tap_ensemble_model_reproduces_evaluation(hands_subset, tmp_cache, tmp_path):
+    """Method (d)'s shape: EfficientNet-Lite0 stage taps, train+val, a 2-head ensemble."""
+    from biomatch.data.images import load_image
+    from biomatch.hands.model import save_hand_model
+    from biomatch.hands.protocol import load_hands
+    from biomatch.models.backbones import create_backbone
+
+    cfg = MethodConfig(name="taps", backbones=["efficientnet_lite0"], image_size=96, taps=["2:avg", "3:std"],
+                       head_dims=[32, 16], objective="cross_view", sampler="pk_view", p=8, k=4, epochs=1,
+                       train_on_val=True, n_heads=2)
+    result = run_method(cfg, make_split(load_hands(str(hands_subset)), seed=0), progress=False)
+    assert result.query_emb.shape[1] == 32 and not result.history.val
+    path = save_hand_model(tmp_path / "d.pt", cfg, result.model, [create_backbone("efficientnet_lite0").weights_id])
+    emb = HandEmbedder(path)
+    assert emb.dim == 32
+    z = emb.embed([load_image(s.path) for s in result.gallery[:4]], view="palmar")
+    np.testing.assert_allclose(z, result.gallery_emb[:4], atol=1e-4)

@@ -34,7 +34,10 @@ def test_backbones_build_and_pool(name, dim):
 
 def test_pretrained_lite0_weights_are_loaded_not_random():
     a, b = create_backbone("efficientnet_lite0"), create_backbone("efficientnet_lite0", pretrained=False)
-    assert a.weights_id != "random" and b.weights_id == "random"
+    assert not a.weights_id.startswith("random") and b.weights_id == "random-seed0"
+    c, d = create_backbone("tiny_cnn", seed=3), create_backbone("tiny_cnn", seed=3)
+    assert c.weights_id == "random-seed3" and torch.equal(c.body[0].weight, d.body[0].weight)
+    assert not torch.equal(c.body[0].weight, create_backbone("tiny_cnn", seed=4).body[0].weight)
     assert not torch.equal(a.body._conv_stem.weight, b.body._conv_stem.weight)
 
 
@@ -47,7 +50,7 @@ def test_dinov2_and_resnet_take_a_local_weights_file(tmp_path):
     x = torch.randn(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(vit(x), again(x), atol=1e-5)
-    assert again.weights_id != "random"
+    assert not again.weights_id.startswith("random")
     with pytest.raises(NotFoundError, match="cannot be downloaded"):
         create_backbone("resnet50", pretrained=True)
     with pytest.raises(NotFoundError, match="weights file not found"):

@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
         r = run_method(cfg, split, device=device, checkpoint=run_dir / "checkpoint.pt" if resume or out else None)
         if rank() != 0:
             return
-        if cfg.mode == "frozen" and r.model is not None:
+        if cfg.mode == "frozen" and r.model is not None:  # finetuned backbones are not saved yet
             from biomatch.models.backbones import create_backbone
 
             ids = [create_backbone(n, pool=cfg.pool).weights_id for n in cfg.backbones]

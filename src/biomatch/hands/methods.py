@@ -95,6 +95,22 @@ def _views(samples: Sequence[Sample]) -> np.ndarray:
     return np.array([int(s.view != QUERY_VIEW) for s in samples])
 
 
+def feature_extractor(cfg: MethodConfig, name: str, backbone: Backbone) -> tuple[nn.Module, str]:
+    """What the head reads from one backbone (pooled map or tap statistics) and its cache name."""
+    if cfg.taps:
+        from biomatch.hands.features import TapFeatures, taps_id
+
+        return TapFeatures(backbone, cfg.taps), f"{name}@taps-{taps_id(cfg.taps)}"
+    return backbone, name if cfg.pool == "avg" else f"{name}@{cfg.pool}"
+
+
+def build_head(cfg: MethodConfig, in_dim: int, seed: int = 0) -> ProjectionHead:
+    """One projection head, its initial weights drawn from `seed` (no global RNG touched)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return ProjectionHead([in_dim, *cfg.head_dims], normalize=cfg.normalize, dropout=cfg.dropout)
+
+
 class FeatureBank:
     """Backbone features (plain and mirrored) of every sample, L2-normalized per backbone and
     concatenated: the input of the head in frozen mode.
@@ -114,13 +130,8 @@ class FeatureBank:
             bb = create_backbone(name, pool=cfg.pool).to(device)
             size = cfg.image_size or bb.input_size
             tf = eval_transform(size, bb.mean, bb.std)
-            if cfg.taps:
-                from biomatch.hands.features import TapFeatures, taps_id
-
-                extractor: nn.Module = TapFeatures(bb, cfg.taps).to(device)
-                key = f"{name}@taps-{taps_id(cfg.taps)}"
-            else:
-                extractor, key = bb, name if cfg.pool == "avg" else f"{name}@{cfg.pool}"
+            extractor, key = feature_extractor(cfg, name, bb)
+            extractor.to(device)
             plain.append(F.normalize(torch.from_numpy(cached_features(extractor, key, ordered, tf, cache=cache,
                                                                       progress=progress)), dim=1))
             if need_mirror:
@@ -233,9 +244,7 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
     heads, history = [], History()
     for j in range(cfg.n_heads):
         seed = split.seed + j * HEAD_SEED_STRIDE
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            head = ProjectionHead([bank.dim, *cfg.head_dims], normalize=cfg.normalize, dropout=cfg.dropout)
+        head = build_head(cfg, bank.dim, seed)
         dataset = FeatureDataset(canon, alt, labels, _views(train), cfg.flip_augment, seed)
         head_history = fit(head, dataset, _make_sampler(cfg, train, labels, seed), objective,
                            TrainConfig(**{**tcfg.__dict__, "epochs": head_epochs, "seed": seed}),

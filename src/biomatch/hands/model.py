@@ -1,14 +1,14 @@
 """A trained dorsal→palmar model on disk, loadable as an `Embedder` for any image.
 
-The file stores the method config, the head weights and each backbone's weights id; the
-backbones themselves come from the registry, and a weights mismatch is refused (features
-from other weights would silently give wrong matches).
+The file stores the method config, the head weights (one head or an ensemble) and each
+backbone's weights id; the backbones come from the registry, and a weights mismatch is
+refused (features from other weights would silently give wrong matches). Features are made by
+the same `feature_extractor` as in training, so taps, pooling and mirroring match exactly.
 """
 
 from __future__ import annotations
 
 import hashlib
-
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,22 +17,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
+from torch import nn
 
 from biomatch.config import MethodConfig
 from biomatch.data.transforms import eval_transform
 from biomatch.errors import InputError, NotFoundError, StateError
+from biomatch.hands.methods import EnsembleHead, build_head, feature_extractor
 from biomatch.models.backbones import create_backbone
-from biomatch.models.heads import ProjectionHead
 
-FORMAT = "biomatch-hand-model/1"
+FORMAT = "biomatch-hand-model/2"
 VIEWS = ("dorsal", "palmar")
 
 
-def save_hand_model(path: Path, cfg: MethodConfig, head: ProjectionHead, weights_ids: Sequence[str]) -> Path:
+def save_hand_model(path: Path, cfg: MethodConfig, head: nn.Module, weights_ids: Sequence[str]) -> Path:
     """Write the model atomically (tmp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    blob = {"format": FORMAT, "config": cfg.model_dump(), "head_dims": head.dims, "normalize": head.normalize,
-            "head_state": head.state_dict(), "weights_ids": list(weights_ids)}
+    first = head.heads[0] if isinstance(head, EnsembleHead) else head
+    in_dim = first.dims[0]
+    blob = {"format": FORMAT, "config": cfg.model_dump(), "in_dim": in_dim, "head_state": head.state_dict(),
+            "weights_ids": list(weights_ids)}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(blob, tmp)
     os.replace(tmp, path)
@@ -52,18 +55,21 @@ class HandEmbedder:
             raise InputError(f"{path} is not a biomatch hand model: {exc}") from exc
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
             raise InputError(f"{path} is not a biomatch hand model ({FORMAT})")
-        self.cfg = MethodConfig(**blob["config"])
-        self.backbones = [create_backbone(n, pool=self.cfg.pool).to(device).eval() for n in self.cfg.backbones]
-        found = [b.weights_id for b in self.backbones]
+        self.cfg = cfg = MethodConfig(**blob["config"])
+        backbones = [create_backbone(n, pool=cfg.pool).to(device).eval() for n in cfg.backbones]
+        found = [b.weights_id for b in backbones]
         if found != blob["weights_ids"]:
             raise StateError(f"{path} was trained on backbone weights {blob['weights_ids']}, "
                              f"but this installation provides {found}")
-        self.head = ProjectionHead(blob["head_dims"], normalize=blob["normalize"])
+        self.extractors = [feature_extractor(cfg, n, b)[0].eval() for n, b in zip(cfg.backbones, backbones)]
+        heads = [build_head(cfg, blob["in_dim"]) for _ in range(cfg.n_heads)]
+        self.head: nn.Module = heads[0] if len(heads) == 1 else EnsembleHead(heads)
         self.head.load_state_dict(blob["head_state"])
         self.head.eval()
-        self.device, self.name, self.dim = device, f"hands:{self.cfg.name}", blob["head_dims"][-1]
+        self.device, self.name = device, f"hands:{cfg.name}"
+        self.dim = cfg.head_dims[-1] * cfg.n_heads
         self._hash = hashlib.sha256(path.read_bytes()).hexdigest()
-        self._transforms = [eval_transform(self.cfg.image_size or b.input_size, b.mean, b.std) for b in self.backbones]
+        self._transforms = [eval_transform(cfg.image_size or b.input_size, b.mean, b.std) for b in backbones]
 
     @property
     def model_hash(self) -> str:
@@ -72,9 +78,9 @@ class HandEmbedder:
     @torch.no_grad()
     def _features(self, images: Sequence[Image.Image]) -> torch.Tensor:
         parts = []
-        for bb, tf in zip(self.backbones, self._transforms):
+        for extractor, tf in zip(self.extractors, self._transforms):
             x = torch.stack([tf(img.convert("RGB")) for img in images]).to(self.device)
-            parts.append(F.normalize(bb(x).float().cpu(), dim=1))
+            parts.append(F.normalize(extractor(x).float().cpu(), dim=1))
         return torch.cat(parts, 1)
 
     @torch.no_grad()
@@ -90,5 +96,3 @@ class HandEmbedder:
         if self.cfg.tta:
             z = z + self.head(self._features([ImageOps.mirror(i) for i in canon]))
         return F.normalize(z, dim=1).numpy().astype(np.float32)
-
-

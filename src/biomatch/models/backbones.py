@@ -99,14 +99,25 @@ def backbone_spec(name: str) -> BackboneSpec:
 
 
 def create_backbone(
-    name: str, pretrained: bool = True, weights_path: str | Path | None = None, pool: str = "avg"
+    name: str, pretrained: bool = True, weights_path: str | Path | None = None, pool: str = "avg",
+    seed: int = 0,
 ) -> Backbone:
-    """Build a registered backbone; `weights_path` overrides where the weights come from."""
+    """Build a registered backbone; `weights_path` overrides where the weights come from.
+
+    Layers not covered by loaded weights (all of them for a random-init backbone) are drawn
+    from `seed`, so a "random" backbone is reproducible: its weights id is "random-seed<N>",
+    which keeps feature caches and saved models honest.
+    """
     spec = backbone_spec(name)
     path = Path(weights_path) if weights_path else None
     if path is not None and not path.is_file():
         raise NotFoundError(f"weights file not found for {name}: {path}")
-    return spec.build(pretrained, path, pool)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        backbone = spec.build(pretrained, path, pool)
+    if backbone.weights_id == "random":
+        backbone.weights_id = f"random-seed{seed}"
+    return backbone
 
 
 def _load_state(module: nn.Module, path: Path, name: str, strict: bool = False) -> None:
