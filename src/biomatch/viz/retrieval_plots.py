@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw, ImageOps
 from biomatch.data.datasets import Sample
 from biomatch.data.images import load_image
 from biomatch.metrics.retrieval import cmc_curve
+from biomatch.viz.figures import save_figure
 
 
 def plot_cmc(first_ranks: Mapping[str, np.ndarray], path: Path, max_rank: int = 20,
@@ -26,10 +27,7 @@ def plot_cmc(first_ranks: Mapping[str, np.ndarray], path: Path, max_rank: int = 
     ax.set(xlabel="rank k", ylabel="Recall@k (CMC)", ylim=(0, 1.01), title="Dorsal query → palmar gallery")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def plot_training_curves(histories: Mapping[str, object], path: Path, monitor: str = "recall@1") -> Path:
@@ -47,10 +45,7 @@ def plot_training_curves(histories: Mapping[str, object], path: Path, monitor: s
     for ax in (ax_l, ax_v):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def retrieval_strip(

@@ -18,18 +18,12 @@ import numpy as np  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 
 from biomatch.metrics.verification import eer, roc_curve, validate_pairs  # noqa: E402
+from biomatch.viz.figures import save_figure
 
 Curves = Mapping[str, tuple[np.ndarray, np.ndarray]]
 """Named (scores, labels) sets, e.g. {"plain": (s, y), "RSM": (s_rsm, y)}."""
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def plot_histograms(curves: Curves, path: Path, title: str = "") -> Path:
@@ -45,7 +39,7 @@ def plot_histograms(curves: Curves, path: Path, title: str = "") -> Path:
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_roc(curves: Curves, path: Path, title: str = "") -> Path:
@@ -64,7 +58,7 @@ def plot_roc(curves: Curves, path: Path, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "ROC")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_det(curves: Curves, path: Path, title: str = "") -> Path:
@@ -84,7 +78,7 @@ def plot_det(curves: Curves, path: Path, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "DET")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @dataclass(frozen=True)
@@ -123,4 +117,4 @@ def plot_trouble_pairs(pairs: Sequence[TroublePair], path: Path, title: str = ""
         row[1].set_title(f"plain {p.plain_score:.3f} | RSM {p.rsm_score:.3f}: {verdict}", fontsize=7, loc="right")
     if title:
         fig.suptitle(title, fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
