@@ -12,7 +12,6 @@ import argparse
 import glob
 import os
 import time
-from pathlib import Path
 
 import numpy as np
 import torch

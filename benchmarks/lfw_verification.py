@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from biomatch.export import OnnxEmbedder, Preprocess  # noqa: E402
-from biomatch.faces.embedder import FACE_PREPROCESS, FLOAT_MODEL, INT8_MODEL, FaceEmbedder, assets_dir  # noqa: E402
+from biomatch.faces.embedder import FACE_PREPROCESS, FLOAT_MODEL, FaceEmbedder, assets_dir  # noqa: E402
 from biomatch.faces.lfw import LfwPairs, default_pairs, embed_images, score_pairs  # noqa: E402
 from biomatch.metrics.verification import kfold_accuracy, threshold_at_far, verification_report  # noqa: E402
 from biomatch.results import markdown_table, update_benchmarks_section, write_result  # noqa: E402

@@ -16,13 +16,12 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from biomatch.matching.rsm import RSM, rsm_matrix
-from biomatch.metrics.verification import bootstrap_eer_ci, eer, verification_report
+from biomatch.metrics.verification import eer, verification_report
 from biomatch.palmprint.data import DISPLAY_NAMES
 from biomatch.palmprint.protocol import MATCHERS, PAIR_SETS, compute_session_scores, make_matcher
 from biomatch.palmprint.report import write_plots
