@@ -20,6 +20,7 @@ from PIL import Image
 from biomatch.data.datasets import identities, load_identity_folders
 from biomatch.data.images import load_image
 from biomatch.errors import InputError, NotFoundError
+from biomatch.viz.figures import save_figure
 
 FACE = "face"
 
@@ -164,9 +165,4 @@ def lookalike_grid(query: Image.Image, matches: list[Lookalike], path: str | Pat
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

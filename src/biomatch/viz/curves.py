@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from biomatch.errors import InputError  # noqa: E402
+from biomatch.viz.figures import save_figure
 
 
 def plot_curves(series: Mapping[str, Sequence[float]], path: str | Path, *, title: str = "",
@@ -47,12 +48,7 @@ def plot_curves(series: Mapping[str, Sequence[float]], path: str | Path, *, titl
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_per_class_accuracy(per_class: Mapping[str, float], path: str | Path, *, title: str = "") -> Path:
@@ -68,12 +64,7 @@ def plot_per_class_accuracy(per_class: Mapping[str, float], path: str | Path, *,
     ax.set_xlabel("accuracy")
     ax.set_title(title, fontsize=9, wrap=True)
     ax.grid(axis="x", alpha=0.3)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | Path, *, title: str = "") -> Path:
@@ -92,9 +83,4 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | Path,
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from biomatch.errors import InputError  # noqa: E402
+from biomatch.viz.figures import save_figure
 
 METHODS = ("direct", "pca", "tsne")
 
@@ -79,12 +80,7 @@ def plot_embedding_map(train: np.ndarray, train_labels: Sequence[int], test: np.
         axes[1].legend(fontsize=7, markerscale=2, loc="best")
     label = {"direct": "2-D embedding", "pca": "PCA", "tsne": "t-SNE"}[method]
     fig.suptitle(f"{title} — {label}" if title else label)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def export_projector(emb: np.ndarray, labels: Sequence[str], out_dir: str | Path,
