@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,18 +16,28 @@ from biomatch.gallery.store import PostgresStore, SQLiteStore, TemplateStore, op
 
 
 @pytest.fixture(scope="module")
-def pg_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A throwaway PostgreSQL (with pgvector) from the `pgserver` wheel; skip where it cannot start."""
+def pg_uri() -> Iterator[str]:
+    """A throwaway PostgreSQL (with pgvector) from the `pgserver` wheel; skip where it cannot start.
+
+    The data folder is a fresh mkdtemp under /tmp, not pytest's tmp_path: run as root, pgserver
+    starts PostgreSQL as an unprivileged user that cannot enter the 0700 /tmp/pytest-of-root.
+    """
+    import shutil
+    import tempfile
+
     pgserver = pytest.importorskip("pgserver")
     pytest.importorskip("psycopg")
     pytest.importorskip("pgvector")
+    data_dir = tempfile.mkdtemp(prefix="biomatch-pg-")
+    os.chmod(data_dir, 0o755)
     try:
-        server = pgserver.get_server(str(tmp_path_factory.mktemp("pg")), cleanup_mode="stop")
+        server = pgserver.get_server(data_dir, cleanup_mode="stop")
         server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
     except Exception as exc:  # noqa: BLE001 - any start failure means "no server here"
         pytest.skip(f"pgserver could not start PostgreSQL: {exc}")
     yield server.get_uri()
     server.cleanup()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
