@@ -28,10 +28,7 @@ def random_pairs(
         left_pool, right_pool = np.flatnonzero(v == view_pair[0]), np.flatnonzero(v == view_pair[1])
     else:
         left_pool = right_pool = np.arange(len(labels_arr))
-    right_by_label: dict[int, np.ndarray] = {}
-    for idx in right_pool:
-        right_by_label.setdefault(int(labels_arr[idx]), []).append(idx)  # type: ignore[arg-type]
-    right_by_label = {k: np.asarray(v) for k, v in right_by_label.items()}
+    right_by_label = {int(k): right_pool[labels_arr[right_pool] == k] for k in np.unique(labels_arr[right_pool])}
     anchors = np.array([i for i in left_pool if int(labels_arr[i]) in right_by_label])
     if len(anchors) == 0 or len(right_by_label) < 2:
         raise InputError("need at least two identities with images for both pair sides")

@@ -46,8 +46,8 @@ class PKSampler(Sampler[list[int]]):
         for label in np.unique(labels_arr):
             idx = np.flatnonzero(labels_arr == label)
             if view_aware:
-                assert views is not None
-                parts = [idx[[views[i] == v for i in idx]] for v in view_pair]
+                view_arr = np.asarray(views)
+                parts = [idx[view_arr[idx] == v] for v in view_pair]
                 if all(len(part) for part in parts):
                     self._groups[int(label)] = parts
             else:
