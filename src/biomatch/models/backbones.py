@@ -224,3 +224,21 @@ def _tiny_cnn(pretrained: bool, weights_path: Path | None, pool: str) -> Backbon
         _load_state(body, weights_path, "tiny_cnn", strict=True)
         weights_id = sha256_file(weights_path)[:16]
     return Backbone(body, 64, 64, weights_id, pool)
+
+
+@register_backbone("small_cnn", 48, 192, "6-layer CNN with BN, stride-2 stem (32-48-96-96-192) for from-scratch training at 48 px")
+def _small_cnn(pretrained: bool, weights_path: Path | None, pool: str) -> Backbone:
+    def block(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True)]
+
+    body = nn.Sequential(  # 48 px: 24² after the stem, 12² and 6² after the pools
+        *block(3, 32, stride=2), *block(32, 48), nn.MaxPool2d(2),
+        *block(48, 96), *block(96, 96), nn.MaxPool2d(2),
+        *block(96, 192),
+    )
+    weights_id = "random"
+    if weights_path is not None:
+        _load_state(body, weights_path, "small_cnn", strict=True)
+        weights_id = sha256_file(weights_path)[:16]
+    return Backbone(body, 192, 48, weights_id, pool)

@@ -32,7 +32,8 @@ from biomatch.workbench.data import IdentitySplit
 from biomatch.workbench.networks import RowTripletObjective
 from biomatch.workbench.pairs import TupleBatchSampler, balanced_pairs, triplets
 
-SCRATCH_BACKBONES = ("tiny_cnn",)
+SCRATCH_BACKBONES = ("tiny_cnn", "small_cnn")
+AUGMENTS = ("none", "shift", "shift_flip", "sign")
 # strategy → (how batches are drawn, what loss is applied)
 STRATEGIES: dict[str, str] = {
     "contrastive": "twin network, balanced random pairs, squared-hinge contrastive (y=1 same)",
@@ -60,19 +61,22 @@ class ExperimentConfig:
     k: int = 4
     margin: float | None = None
     image_size: int = 64
-    augment: str = "shift"  # scratch mode: none | shift | shift_flip
+    augment: str = "shift"  # image modes: none | shift | shift_flip | sign (affine ±10°, zoom, colour; no flip)
     standardize: bool = True  # scratch mode: per-image, per-channel standardization (dark signs)
     finetune: bool = False  # train a pretrained backbone end to end on images of image_size
     knn_k: int = 5
     seed: int = 0
+    warmup_epochs: int = 0
+    optimizer: str = "adamw"
+    arc_scale: float = 64.0  # ArcFace logit scale (margin: `margin`, degrees)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise InputError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
         if self.dim < 1 or self.epochs < 1 or self.p < 2 or self.k < 2:
             raise InputError("dim and epochs must be >= 1, p and k >= 2")
-        if self.augment not in ("none", "shift", "shift_flip"):
-            raise InputError(f"unknown augment {self.augment!r}; use none, shift or shift_flip")
+        if self.augment not in AUGMENTS:
+            raise InputError(f"unknown augment {self.augment!r}; use {', '.join(AUGMENTS)}")
 
     @property
     def scratch(self) -> bool:
@@ -117,8 +121,10 @@ class ExperimentResult:
 
 
 class RowsDataset(Dataset):
-    """Rows of a tensor as (input, label, view=0); in scratch mode images are augmented by a
-    seeded random shift (pad 4, crop) and optional horizontal flip."""
+    """Rows of a tensor as (input, label, view=0); in image modes images are augmented by a
+    seeded random shift (pad 4, crop) and optional horizontal flip, or with `sign` by a random
+    affine map (rotation ±10°, zoom 1–1.15 ≈ crop scale 0.75–1 of the area, shift ±4 px, border
+    replicated) and a per-channel gain/offset jitter; never flipped (flips change some signs)."""
 
     def __init__(self, x: torch.Tensor, labels: np.ndarray, augment: str = "none", seed: int = 0) -> None:
         self.x, self.labels = x, torch.as_tensor(labels)
@@ -127,9 +133,26 @@ class RowsDataset(Dataset):
     def __len__(self) -> int:
         return len(self.x)
 
+    def _sign(self, x: torch.Tensor) -> torch.Tensor:
+        u = torch.rand(7, generator=self.gen)
+        angle = (u[0] * 2 - 1) * (10 * torch.pi / 180)
+        zoom = 1 + 0.15 * u[1]
+        h, w = x.shape[1:]
+        tx, ty = (u[2] * 2 - 1) * 8 / w, (u[3] * 2 - 1) * 8 / h  # ±4 px in [-1, 1] coordinates
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.stack([torch.stack([cos, -sin, tx]), torch.stack([sin, cos, ty])])[None]
+        grid = nn.functional.affine_grid(theta, [1, *x.shape], align_corners=False)
+        x = nn.functional.grid_sample(x[None], grid, mode="bilinear", padding_mode="border",
+                                      align_corners=False)[0]
+        gain = 1 + (torch.rand(x.shape[0], 1, 1, generator=self.gen) * 2 - 1) * 0.15
+        offset = (u[4] * 2 - 1) * 0.2
+        return x * gain + offset
+
     def __getitem__(self, i: int):
         x = self.x[i]
-        if self.augment != "none" and x.ndim == 3:
+        if self.augment == "sign" and x.ndim == 3:
+            x = self._sign(x)
+        elif self.augment != "none" and x.ndim == 3:
             pad = 4
             dy, dx = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=self.gen))
             x = nn.functional.pad(x[None], (pad,) * 4, mode="replicate")[0, :, dy : dy + self.x.shape[2],
@@ -168,8 +191,10 @@ def make_objective_for(cfg: ExperimentConfig, n_classes: int) -> nn.Module:
         return make_objective("pml", loss="triplet", miner=s.removeprefix("triplet_"), margin=cfg.margin)
     if s == "multi_similarity":
         return make_objective("pml", loss="multi_similarity", miner="multi_similarity")
-    return make_objective("pml", loss="arcface", miner="none", margin=cfg.margin, embedding_dim=cfg.dim,
-                          num_classes=n_classes)
+    obj = make_objective("pml", loss="arcface", miner="none", margin=cfg.margin, embedding_dim=cfg.dim,
+                         num_classes=n_classes)
+    obj.loss.scale = cfg.arc_scale
+    return obj
 
 
 def make_batch_sampler(cfg: ExperimentConfig, labels: np.ndarray):
@@ -235,7 +260,7 @@ def run_experiment(cfg: ExperimentConfig, split: IdentitySplit, features=None, i
         return {"accuracy": knn, "ncm_accuracy": NearestClassMean().fit(tr, y_train).score(va, y_val)}
 
     tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, monitor="accuracy",
-                       seed=cfg.seed)
+                       seed=cfg.seed, warmup_epochs=cfg.warmup_epochs, optimizer=cfg.optimizer)
     start = time.perf_counter()
     history = fit(model, dataset, make_batch_sampler(cfg, y_train), objective, tcfg, validate,
                   progress=progress)
