@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import time
 
@@ -24,7 +25,14 @@ from biomatch.hands.protocol import load_hands, make_split
 from biomatch.metrics.retrieval import bootstrap_ci
 from biomatch.models.backbones import create_backbone
 from biomatch.paths import REPO_ROOT
-from biomatch.results import machine_description, markdown_table, summarize, update_benchmarks_section, write_result
+from biomatch.results import (
+    RESULTS_DIR,
+    machine_description,
+    markdown_table,
+    summarize,
+    update_benchmarks_section,
+    write_result,
+)
 
 METRICS = ("recall@1", "recall@5", "recall@10", "mean_rank", "median_rank", "map")
 REFERENCE_SOURCE = ("DESIGN.md / issue #3: full-resolution 11k Hands (1600×1200), one split, ~41 test subjects")
@@ -60,13 +68,12 @@ def main() -> None:
     samples = load_hands()
     splits = {s: make_split(samples, s) for s in seeds}
     throughput = embed_throughput("efficientnet_lite0")
-    rows, per_seed_r1, bench_start = [], {}, time.perf_counter()
+    bench_start = time.perf_counter()
     for path in configs:
         cfg = load_method(path)
         start = time.perf_counter()
         runs = [run_method(cfg, splits[s], device=args.device, progress=False) for s in seeds]
         elapsed = time.perf_counter() - start
-        per_seed_r1[cfg.name] = [r.metrics["recall@1"] for r in runs]
         metrics = {m: summarize([r.metrics[m] for r in runs]) for m in METRICS}
         cis = [bootstrap_ci(r.ranks, n_boot=1000, seed=r.seed)["recall@1"] for r in runs]
         metrics["recall@1_ci95_per_seed"] = [list(c) for c in cis]
@@ -79,30 +86,52 @@ def main() -> None:
             protocol=PROTOCOL, seeds=seeds, metrics=metrics,
             reference={"source": REFERENCE_SOURCE, "method": ref_name, "metrics": ref_metrics} if ref_name else {},
             timing={"embed_img_per_s": throughput, "total_s_all_seeds": elapsed,
+                    "features_s_first_seed": runs[0].timing["features_s"],
                     "train_s_mean": float(np.mean([r.timing["train_s"] for r in runs]))},
             extra={"config": cfg.model_dump(), "per_seed": [{"seed": r.seed, **r.metrics} for r in runs],
                    "n_queries": [len(r.queries) for r in runs], "n_gallery": [len(r.gallery) for r in runs]},
         )
-        rows.append([cfg.name] + [f"{metrics[m]['mean']:.3f} ± {metrics[m]['std']:.3f}" for m in METRICS]
-                    + [f"{elapsed:.0f}"])
-        print(rows[-1], flush=True)
+        print(cfg.name, {m: round(metrics[m]["mean"], 3) for m in METRICS}, f"{elapsed:.0f} s", flush=True)
+    write_section(throughput, time.perf_counter() - bench_start)
+
+
+def write_section(throughput: float, run_s: float) -> None:
+    """The BENCHMARKS.md table from every result file whose config still exists (so rerunning one
+    method refreshes its row without rerunning the others)."""
+    results = {}
+    for path in sorted(RESULTS_DIR.glob("hands_dorsal_palmar_*.json")):
+        record = json.loads(path.read_text())
+        name = record["config"]["name"]
+        if (REPO_ROOT / "configs" / f"{name}.yaml").is_file():
+            results[name] = record
+    rows = []
+    for name, rec in results.items():
+        m = rec["metrics"]
+        rows.append([name] + [f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" for k in METRICS]
+                    + [f"{rec['timing']['total_s_all_seeds'] - rec['timing'].get('features_s_first_seed', 0):.0f}",
+                       rec["machine"].split("load ")[-1] if "load " in rec["machine"] else "–"])
     for name, (ref_name, ref) in REFERENCES.items():
-        rows.append([f"reference: {ref_name}"] + [f"{ref[m]:.3f}" if m in ref else "–" for m in METRICS] + ["–"])
-    n_ids = len({s.identity for s in splits[seeds[0]].test})
-    rows.append([f"random (1/{n_ids} test subjects)", f"{1 / n_ids:.3f}"] + ["–"] * (len(METRICS) - 1) + ["–"])
-    b_beats_a = ""
-    if {"hands_a_twin_contrastive", "hands_b_triplet_batch_hard"} <= set(per_seed_r1):
-        wins = [b > a for a, b in zip(per_seed_r1["hands_a_twin_contrastive"], per_seed_r1["hands_b_triplet_batch_hard"])]
-        b_beats_a = f"(b) beats (a) at R@1 on {sum(wins)} of {len(wins)} seeds."
+        rows.append([f"reference: {ref_name}"] + [f"{ref[k]:.3f}" if k in ref else "–" for k in METRICS] + ["–", "–"])
+    any_rec = next(iter(results.values()))
+    n_ids = round(1 / any_rec["metrics"]["random_recall@1"]["mean"])  # mean test-subject count
+    rows.append([f"random (≈ 1/{n_ids} test subjects)", f"{1 / n_ids:.3f}"] + ["–"] * (len(METRICS) + 1))
+    notes = []
+    a, b = results.get("hands_a_twin_contrastive"), results.get("hands_b_triplet_batch_hard")
+    if a and b:
+        wins = [pb["recall@1"] > pa["recall@1"] for pa, pb in zip(a["per_seed"], b["per_seed"])]
+        notes.append(f"(b) beats (a) at R@1 on {sum(wins)} of {len(wins)} seeds.")
+    seeds = any_rec["seeds"]
     md = "\n\n".join([
         "## Hands: dorsal query → palmar gallery (11k Hands)",
-        f"`python benchmarks/hands_dorsal_palmar.py` — seeds {seeds}, mean ± std over seeds. {PROTOCOL}. "
-        f"Machine: {machine_description()}; embed throughput (EfficientNet-Lite0, 224 px, decode+forward): "
-        f"{throughput:.1f} img/s; whole benchmark {time.perf_counter() - bench_start:.0f} s with cached features.",
-        markdown_table(["method", *METRICS, "s (5 seeds)"], rows),
-        f"{b_beats_a} References were measured on 1600×1200 originals with ResNet50 / DINOv2 ViT-B/14 weights, "
-        "which are not available here; our images are 100–180 px squares and our backbone is ImageNet "
-        "EfficientNet-Lite. Per-seed numbers and bootstrap CIs are in benchmarks/results/hands_dorsal_palmar_*.json.",
+        f"`python benchmarks/hands_dorsal_palmar.py [--configs ...]` — seeds {seeds}, mean ± std over seeds. "
+        f"{PROTOCOL}. Machine: {machine_description()}; embed throughput (EfficientNet-Lite0, 224 px, "
+        f"decode + forward, 2 threads): {throughput:.1f} img/s; last run {run_s:.0f} s. "
+        "Seconds: all 5 seeds, training + evaluation, first backbone feature pass excluded; the machine was shared "
+        "with other jobs (load average in the last column), so seconds and img/s are upper/lower bounds.",
+        markdown_table(["method", *METRICS, "s (5 seeds)", "machine load"], rows),
+        " ".join(notes) + " References were measured on 1600×1200 originals with ResNet50 / DINOv2 ViT-B/14 "
+        "weights, which are not available here; our images are 100–180 px squares and our backbones are ImageNet "
+        "EfficientNet-Lite. Per-seed numbers and bootstrap CIs: benchmarks/results/hands_dorsal_palmar_*.json.",
     ])
     update_benchmarks_section("hands_dorsal_palmar", md)
 

@@ -34,7 +34,9 @@ def machine_description() -> str:
             return f"gpu: {torch.cuda.get_device_name(0)}; cpu: {os.cpu_count()} cores"
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
-    return f"cpu: {os.cpu_count()} cores ({platform.machine()}, {platform.processor() or 'unknown'})"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"cpu: {os.cpu_count()} cores ({platform.machine()}, {platform.processor() or 'unknown'}); "
+            f"load {load:.1f} (1-min average when written)")
 
 
 def git_commit() -> str:
