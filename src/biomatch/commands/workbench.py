@@ -33,7 +33,7 @@ def train_identity(
     lr: float = 1e-3,
     seed: int = 0,
     image_size: Annotated[int, typer.Option(help="input size for tiny_cnn")] = 64,
-    augment: Annotated[str, typer.Option(help="tiny_cnn augmentation: none, shift, shift_flip")] = "shift",
+    augment: Annotated[str, typer.Option(help="image-mode augmentation: none, shift, shift_flip, sign (affine ±10°, zoom, colour; no flip)")] = "shift",
     out: Annotated[Optional[Path], typer.Option(help="folder for curves, per-class plot, summary")] = None,
 ) -> None:
     """Train one loss/mining strategy and report k-NN / NCM test accuracy."""
