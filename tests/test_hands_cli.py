@@ -129,19 +129,23 @@ def test_cli_main_prints_clear_error(tmp_path):
 
 
 def test_saved_tap_ensemble_model_reproduces_evaluation(hands_subset, tmp_cache, tmp_path):
-    """Method (d)'s shape: EfficientNet-Lite0 stage taps, train+val, a 2-head ensemble."""
+    """Method (d)'s shape: EfficientNet-Lite0 stage taps, train+val, a 2-head ensemble per backbone,
+    score-level fusion of two backbones (Lite0 twice, to stay fast) and a filled background."""
     from biomatch.data.images import load_image
     from biomatch.hands.model import save_hand_model
     from biomatch.hands.protocol import load_hands
     from biomatch.models.backbones import create_backbone
 
-    cfg = MethodConfig(name="taps", backbones=["efficientnet_lite0"], image_size=96, taps=["2:avg", "3:std"],
-                       head_dims=[32, 16], objective="cross_view", sampler="pk_view", p=8, k=4, epochs=1,
-                       train_on_val=True, n_heads=2)
+    cfg = MethodConfig(name="taps", backbones=["efficientnet_lite0", "efficientnet_lite0"], image_size=96,
+                       taps=["2:avg", "3:std"], head_dims=[32, 16], objective="cross_view", sampler="pk_view", p=8,
+                       k=4, epochs=1, train_on_val=True, n_heads=2, fusion="score", background="fill")
     result = run_method(cfg, make_split(load_hands(str(hands_subset)), seed=0), progress=False)
-    assert result.query_emb.shape[1] == 32 and not result.history.val
-    path = save_hand_model(tmp_path / "d.pt", cfg, result.model, [create_backbone("efficientnet_lite0").weights_id])
+    assert result.query_emb.shape[1] == 64 and not result.history.val
+    wid = create_backbone("efficientnet_lite0").weights_id
+    path = save_hand_model(tmp_path / "d.pt", cfg, result.model, [wid, wid])
     emb = HandEmbedder(path)
-    assert emb.dim == 32
+    assert emb.dim == 64
     z = emb.embed([load_image(s.path) for s in result.gallery[:4]], view="palmar")
     np.testing.assert_allclose(z, result.gallery_emb[:4], atol=1e-4)
+    q = emb.embed([load_image(s.path) for s in result.queries[:4]], view="dorsal")
+    np.testing.assert_allclose(q, result.query_emb[:4], atol=1e-4)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -117,3 +119,70 @@ def test_method_config_d_options_and_run_method_ensemble(hands_samples, tmp_path
     assert 0 <= res.metrics["recall@1"] <= 1 and res.metrics["mean_rank"] >= 1
     with pytest.raises(Exception):
         MethodConfig(name="t", rerank="bogus")
+
+
+def test_hand_mask_and_background_fill_on_synthetic_image():
+    from PIL import Image
+
+    from biomatch.hands.masking import BackgroundFill, hand_mask
+
+    # near-white tinted sheet with a skin-coloured "hand" (rectangle + finger) holding a pale hole
+    img = np.full((120, 120, 3), (236, 244, 240), np.uint8)
+    img[40:110, 30:90] = (205, 150, 120)
+    img[10:40, 50:60] = (205, 150, 120)
+    img[70:74, 55:59] = (250, 250, 250)  # a specular spot inside the hand: a hole to fill
+    img[2:4, 2:4] = (200, 60, 60)  # a speck of dirt on the sheet: not the largest component
+    m = hand_mask(img)
+    assert m[60, 60] and m[20, 55] and m[72, 57] and not m[5, 5] and not m[2, 2] and not m[115, 115]
+    truth = np.zeros((120, 120), bool)
+    truth[40:110, 30:90] = truth[10:40, 50:60] = True
+    assert (m == truth).mean() > 0.98
+    filled = np.asarray(BackgroundFill("fill", (128, 128, 128))(Image.fromarray(img)))
+    assert (filled[5, 5] == 128).all() and (filled[60, 60] == (205, 150, 120)).all()
+    only = np.asarray(BackgroundFill("only", (128, 128, 128))(Image.fromarray(img)))
+    assert (only[60, 60] == 128).all() and (only[115, 5] == (236, 244, 240)).all()
+    assert repr(BackgroundFill("fill")) != repr(BackgroundFill("only"))
+
+
+def test_score_fusion_embedding_is_mean_of_per_backbone_cosines():
+    from biomatch.hands.methods import EnsembleHead, FusionHead, build_model, head_input_dims, model_input_dims
+
+    cfg = MethodConfig(name="t", backbones=["a", "b"], head_dims=[16, 8], n_heads=3, fusion="score")
+    dims = head_input_dims(cfg, [12, 20])
+    assert dims == [12, 20] and head_input_dims(cfg.model_copy(update={"fusion": "concat"}), [12, 20]) == [32]
+    model = build_model(cfg, dims, seed=0).eval()
+    assert isinstance(model, FusionHead) and all(isinstance(p, EnsembleHead) for p in model.parts)
+    assert model_input_dims(model) == [12, 20]
+    x = torch.cat([F.normalize(torch.randn(5, 12), dim=1), F.normalize(torch.randn(5, 20), dim=1)], 1)
+    y = torch.cat([F.normalize(torch.randn(4, 12), dim=1), F.normalize(torch.randn(4, 20), dim=1)], 1)
+    with torch.no_grad():
+        zx, zy = model(x), model(y)
+        per = [p(x[:, lo:hi]) @ p(y[:, lo:hi]).T for p, (lo, hi) in zip(model.parts, [(0, 12), (12, 32)])]
+        heads = [[F.normalize(h(x[:, :12]), dim=1) @ F.normalize(h(y[:, :12]), dim=1).T for h in model.parts[0].heads]]
+    assert zx.shape == (5, 48) and torch.allclose(zx.norm(dim=1), torch.ones(5), atol=1e-5)
+    assert torch.allclose(zx @ zy.T, (per[0] + per[1]) / 2, atol=1e-5)
+    assert torch.allclose(per[0], sum(heads[0]) / 3, atol=1e-5)  # each part: mean of its heads' cosines
+
+
+def test_side_scores_bonus_only_on_same_side():
+    from biomatch.data.datasets import Sample
+    from biomatch.hands.methods import side_scores
+
+    q = [Sample(Path("q.jpg"), "1", view="dorsal", side="left")]
+    g = [Sample(Path(f"g{i}.jpg"), "1", view="palmar", side=s) for i, s in enumerate(["left", "right"])]
+    np.testing.assert_allclose(side_scores(np.zeros((1, 2)), q, g, 0.5), [[0.5, 0.0]])
+
+
+def test_run_method_score_fusion_and_side_bonus(hands_samples, tmp_path):
+    from biomatch.hands.methods import FusionHead, run_method
+    from biomatch.hands.protocol import make_split
+
+    ids = sorted({s.identity for s in hands_samples})[:40]
+    split = make_split([s for s in hands_samples if s.identity in ids], seed=0)
+    cfg = MethodConfig(name="t", backbones=["tiny_cnn", "tiny_cnn"], image_size=48, objective="cross_view",
+                       sampler="pk_view", p=4, k=4, epochs=1, batches_per_epoch=2, head_dims=[16, 8],
+                       train_on_val=True, n_heads=2, fusion="score", side_bonus=0.1)
+    res = run_method(cfg, split, cache=tmp_path, progress=False)
+    assert isinstance(res.model, FusionHead) and len(res.model.parts) == 2
+    assert res.query_emb.shape[1] == 32
+    assert 0 <= res.metrics["recall@1"] <= 1

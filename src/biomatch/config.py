@@ -55,6 +55,18 @@ class MethodConfig(BaseModel):
     rerank_k1: int = Field(default=6, ge=1)
     rerank_k2: int = Field(default=3, ge=1)
     rerank_lambda: float = Field(default=0.3, ge=0, le=1)
+    # Background control (biomatch.hands.masking): "fill" paints the background `background_color`
+    # before the backbone (removes the photo-session cue of the sheet), "only" paints the hand and
+    # keeps the background (a session-cue-only control). Features are cached under their own key.
+    background: Literal["keep", "fill", "only"] = "keep"
+    background_color: list[int] = Field(default_factory=lambda: [128, 128, 128], min_length=3, max_length=3)
+    # Several backbones: "concat" = one head (ensemble) on the concatenated features; "score" = each
+    # backbone its own n_heads heads, embeddings concatenated with equal weight (cosine = mean of the
+    # per-backbone cosines).
+    fusion: Literal["concat", "score"] = "concat"
+    # Side-aware scoring (a separate protocol row: it reads the left/right label of query and
+    # gallery images from HandInfo): this is added to the cosine of same-side gallery images.
+    side_bonus: float = Field(default=0.0, ge=0)
 
     @field_validator("taps")
     @classmethod

@@ -6,6 +6,7 @@ mode warms the head up on cached features, then trains backbone + head on images
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -113,7 +114,9 @@ def build_head(cfg: MethodConfig, in_dim: int, seed: int = 0) -> ProjectionHead:
 
 class FeatureBank:
     """Backbone features (plain and mirrored) of every sample, L2-normalized per backbone and
-    concatenated: the input of the head in frozen mode.
+    concatenated: the input of the head in frozen mode. `dims` holds each backbone's width, in
+    the order of `cfg.backbones`. With `cfg.background` other than "keep", the images are masked
+    first (`biomatch.hands.masking`; the transform's repr puts the features in their own cache file).
 
     Features are computed over the samples sorted by path, so every split seed of one data set
     shares one cache file; the cache name carries the pooling or the taps, so features of
@@ -123,13 +126,16 @@ class FeatureBank:
                  cache: Path | None = None, progress: bool = True) -> None:
         ordered = sorted(samples, key=lambda s: str(s.path))
         self.index = {s.path: i for i, s in enumerate(ordered)}
+        from biomatch.hands.masking import background_transform
+
         plain, mirrored, self.backbones = [], [], []
         need_mirror = cfg.mirror_gallery or cfg.flip_augment or cfg.tta
         start = time.perf_counter()
         for name in cfg.backbones:
             bb = create_backbone(name, pool=cfg.pool).to(device)
             size = cfg.image_size or bb.input_size
-            tf = eval_transform(size, bb.mean, bb.std)
+            tf = background_transform(cfg.background, tuple(cfg.background_color),
+                                      eval_transform(size, bb.mean, bb.std))
             extractor, key = feature_extractor(cfg, name, bb)
             extractor.to(device)
             plain.append(F.normalize(torch.from_numpy(cached_features(extractor, key, ordered, tf, cache=cache,
@@ -139,6 +145,7 @@ class FeatureBank:
                     extractor, key, ordered, tf, mirror=True, cache=cache, progress=progress)), dim=1))
             self.backbones.append(bb)
         self.seconds = time.perf_counter() - start
+        self.dims = [p.shape[1] for p in plain]
         self.plain = torch.cat(plain, 1).numpy()
         self.mirrored = torch.cat(mirrored, 1).numpy() if mirrored else None
         self.mirror_gallery = cfg.mirror_gallery
@@ -203,7 +210,67 @@ class EnsembleHead(nn.Module):
         return F.normalize(torch.cat([F.normalize(h(x), dim=1) for h in self.heads], dim=1), dim=1)
 
 
+class FusionHead(nn.Module):
+    """Score-level fusion of several backbones: the input (per-backbone L2-normalized blocks of
+    widths `dims`, concatenated) is split, each block goes through its own head (ensemble), and
+    the L2-normalized outputs are concatenated and scaled by 1/sqrt(n), so a cosine score is the
+    mean of the per-backbone cosine scores."""
+
+    def __init__(self, parts: Sequence[nn.Module], dims: Sequence[int]) -> None:
+        super().__init__()
+        if len(parts) != len(dims):
+            raise ValueError("one head (ensemble) per input block")
+        self.parts, self.dims = nn.ModuleList(parts), [int(d) for d in dims]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = [F.normalize(p(c), dim=1) for p, c in zip(self.parts, torch.split(x, self.dims, dim=1))]
+        return torch.cat(z, dim=1) / math.sqrt(len(z))
+
+
 HEAD_SEED_STRIDE = 7919  # head j of an ensemble trains with seed split.seed + j * stride
+BACKBONE_SEED_STRIDE = 104729  # with score fusion, backbone b's heads add b * this
+
+
+def head_input_dims(cfg: MethodConfig, backbone_dims: Sequence[int]) -> list[int]:
+    """Input widths of the head parts: one per backbone with `fusion: score`, else their sum."""
+    if cfg.fusion == "score" and len(backbone_dims) > 1:
+        return [int(d) for d in backbone_dims]
+    return [int(sum(backbone_dims))]
+
+
+def build_model(cfg: MethodConfig, in_dims: Sequence[int], seed: int = 0) -> nn.Module:
+    """The (untrained) head structure of `cfg` for head-input widths `in_dims` (see
+    `head_input_dims`): one head, an `EnsembleHead` of `cfg.n_heads`, or a `FusionHead` of one
+    such per input block. Head j of block b draws its weights from
+    seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE."""
+    parts = []
+    for b, dim in enumerate(in_dims):
+        heads = [build_head(cfg, dim, seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE)
+                 for j in range(cfg.n_heads)]
+        parts.append(heads[0] if len(heads) == 1 else EnsembleHead(heads))
+    return parts[0] if len(parts) == 1 else FusionHead(parts, in_dims)
+
+
+def model_leaves(model: nn.Module) -> list[tuple[int, int, nn.Module]]:
+    """(block index, head index, head) of every projection head of a `build_model` structure."""
+    parts = list(model.parts) if isinstance(model, FusionHead) else [model]
+    return [(b, j, h) for b, part in enumerate(parts)
+            for j, h in enumerate(part.heads if isinstance(part, EnsembleHead) else [part])]
+
+
+def model_input_dims(model: nn.Module) -> list[int]:
+    """Inverse of `build_model`: the head-input widths of a trained structure."""
+    if isinstance(model, FusionHead):
+        return list(model.dims)
+    return [model_leaves(model)[0][2].dims[0]]
+
+
+def side_scores(scores: np.ndarray, queries: Sequence[Sample], gallery: Sequence[Sample],
+                bonus: float) -> np.ndarray:
+    """Scores (similarities) plus `bonus` where query and gallery image show the same side
+    (left/right, from HandInfo) — a separate protocol row, since it reads the side labels."""
+    same = np.array([[q.side == g.side for g in gallery] for q in queries], dtype=bool)
+    return scores + bonus * same
 
 
 def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache: Path | None = None,
@@ -241,19 +308,29 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
     start = time.perf_counter()
     canon, alt = bank.canonical(train)
     head_epochs = cfg.epochs if cfg.mode == "frozen" else max(cfg.warmup_head_epochs, 1)
-    heads, history = [], History()
-    for j in range(cfg.n_heads):
-        seed = split.seed + j * HEAD_SEED_STRIDE
-        head = build_head(cfg, bank.dim, seed)
-        dataset = FeatureDataset(canon, alt, labels, _views(train), cfg.flip_augment, seed)
-        head_history = fit(head, dataset, _make_sampler(cfg, train, labels, seed), objective,
+    in_dims = head_input_dims(cfg, bank.dims)
+    if len(in_dims) > 1 and cfg.mode != "frozen":
+        from biomatch.errors import InputError
+
+        raise InputError("fusion: score needs mode: frozen")
+    head = build_model(cfg, in_dims, split.seed)
+    leaves = model_leaves(head)
+    bounds = np.cumsum([0, *in_dims])
+    history = History()
+    for b, j, leaf in leaves:
+        seed = split.seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE
+        lo, hi = bounds[b], bounds[b + 1]
+        dataset = FeatureDataset(np.ascontiguousarray(canon[:, lo:hi]),
+                                 None if alt is None else np.ascontiguousarray(alt[:, lo:hi]),
+                                 labels, _views(train), cfg.flip_augment, seed)
+        # validation embeds through the whole structure, so only a lone head validates
+        single = len(leaves) == 1
+        head_history = fit(leaf, dataset, _make_sampler(cfg, train, labels, seed), objective,
                            TrainConfig(**{**tcfg.__dict__, "epochs": head_epochs, "seed": seed}),
-                           validate if val and cfg.mode == "frozen" else None,
-                           checkpoint=checkpoint if cfg.n_heads == 1 else None,
-                           resume=checkpoint is not None and cfg.n_heads == 1, progress=progress)
-        history = head_history if j == 0 else history
-        heads.append(head)
-    head = heads[0] if len(heads) == 1 else EnsembleHead(heads)
+                           validate if val and cfg.mode == "frozen" and single else None,
+                           checkpoint=checkpoint if single else None,
+                           resume=checkpoint is not None and single, progress=progress)
+        history = head_history if (b, j) == (0, 0) else history
     queries, gallery = HandsSplit.queries(test), HandsSplit.gallery(test)
     if cfg.mode == "frozen":
         q_emb, g_emb = embed_head(queries, head), embed_head(gallery, head)
@@ -262,13 +339,16 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
                                           progress, queries, gallery)
     train_s = time.perf_counter() - start
     q_ids, g_ids = [s.identity for s in queries], [s.identity for s in gallery]
-    if cfg.rerank == "none":
+    if cfg.rerank == "none" and cfg.side_bonus == 0:
         ranks = retrieval_ranks(q_emb, g_emb, q_ids, g_ids)
     else:
         from biomatch.hands.rerank import rerank_scores
 
-        ranks = ranks_from_scores(rerank_scores(q_emb, g_emb, cfg.rerank, k1=cfg.rerank_k1, k2=cfg.rerank_k2,
-                                                lam=cfg.rerank_lambda), q_ids, g_ids)
+        scores = (q_emb @ g_emb.T if cfg.rerank == "none" else
+                  rerank_scores(q_emb, g_emb, cfg.rerank, k1=cfg.rerank_k1, k2=cfg.rerank_k2, lam=cfg.rerank_lambda))
+        if cfg.side_bonus:
+            scores = side_scores(scores, queries, gallery, cfg.side_bonus)
+        ranks = ranks_from_scores(scores, q_ids, g_ids)
     n_images = len(all_samples) * len(cfg.backbones) * (2 if bank.mirrored is not None else 1)
     timing = {"features_s": bank.seconds, "train_s": train_s}
     if bank.seconds > 1.0:  # cached features would make a throughput meaningless

@@ -22,7 +22,8 @@ from torch import nn
 from biomatch.config import MethodConfig
 from biomatch.data.transforms import eval_transform
 from biomatch.errors import InputError, NotFoundError, StateError
-from biomatch.hands.methods import EnsembleHead, build_head, feature_extractor
+from biomatch.hands.masking import background_transform
+from biomatch.hands.methods import build_model, feature_extractor, model_input_dims
 from biomatch.models.backbones import create_backbone
 
 FORMAT = "biomatch-hand-model/2"
@@ -32,10 +33,9 @@ VIEWS = ("dorsal", "palmar")
 def save_hand_model(path: Path, cfg: MethodConfig, head: nn.Module, weights_ids: Sequence[str]) -> Path:
     """Write the model atomically (tmp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    first = head.heads[0] if isinstance(head, EnsembleHead) else head
-    in_dim = first.dims[0]
-    blob = {"format": FORMAT, "config": cfg.model_dump(), "in_dim": in_dim, "head_state": head.state_dict(),
-            "weights_ids": list(weights_ids)}
+    in_dims = model_input_dims(head)
+    blob = {"format": FORMAT, "config": cfg.model_dump(), "in_dim": sum(in_dims), "in_dims": in_dims,
+            "head_state": head.state_dict(), "weights_ids": list(weights_ids)}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(blob, tmp)
     os.replace(tmp, path)
@@ -62,14 +62,17 @@ class HandEmbedder:
             raise StateError(f"{path} was trained on backbone weights {blob['weights_ids']}, "
                              f"but this installation provides {found}")
         self.extractors = [feature_extractor(cfg, n, b)[0].eval() for n, b in zip(cfg.backbones, backbones)]
-        heads = [build_head(cfg, blob["in_dim"]) for _ in range(cfg.n_heads)]
-        self.head: nn.Module = heads[0] if len(heads) == 1 else EnsembleHead(heads)
+        # one block per backbone with `fusion: score`, else one block of all ("in_dims" is absent
+        # from files written before score fusion existed)
+        self.head: nn.Module = build_model(cfg, blob.get("in_dims", [blob["in_dim"]]))
         self.head.load_state_dict(blob["head_state"])
         self.head.eval()
         self.device, self.name = device, f"hands:{cfg.name}"
-        self.dim = cfg.head_dims[-1] * cfg.n_heads
+        self.dim = cfg.head_dims[-1] * cfg.n_heads * len(blob.get("in_dims", [0]))
         self._hash = hashlib.sha256(path.read_bytes()).hexdigest()
-        self._transforms = [eval_transform(cfg.image_size or b.input_size, b.mean, b.std) for b in backbones]
+        self._transforms = [background_transform(cfg.background, tuple(cfg.background_color),
+                                                 eval_transform(cfg.image_size or b.input_size, b.mean, b.std))
+                            for b in backbones]
 
     @property
     def model_hash(self) -> str:
