@@ -23,13 +23,16 @@ from biomatch.workbench.features import FeatureTable
 class ImageCache:
     """Decoded, resized image tensors by path: each image is read once across strategies."""
 
-    def __init__(self, size: int, progress: bool = False, standardize: bool = False) -> None:
+    def __init__(self, size: int, progress: bool = False, standardize: bool = False, roi_crop: bool = False,
+                 roi_margin: float = 0.0) -> None:
         self.size, self.progress, self.standardize, self._rows = size, progress, standardize, {}
+        self.roi_crop, self.roi_margin = roi_crop, roi_margin
 
     def __call__(self, samples: Sequence[Sample]) -> torch.Tensor:
         todo = [s for s in samples if s.path not in self._rows]
         if todo:
-            for s, x in zip(todo, load_image_tensor(todo, self.size, self.progress, self.standardize)):
+            for s, x in zip(todo, load_image_tensor(todo, self.size, self.progress, self.standardize,
+                                                            self.roi_crop, self.roi_margin)):
                 self._rows[s.path] = x
         return torch.stack([self._rows[s.path] for s in samples])
 
@@ -37,7 +40,8 @@ class ImageCache:
 def inputs_for(cfg: ExperimentConfig, split: IdentitySplit, cache: Path | None = None, progress: bool = True):
     """(features, images) for run_experiment: a FeatureTable in frozen mode, else an ImageCache."""
     if cfg.on_images:
-        return None, ImageCache(cfg.image_size, progress, cfg.per_image_standardize)
+        return None, ImageCache(cfg.image_size, progress, cfg.per_image_standardize, cfg.roi_crop,
+                                  cfg.roi_margin)
     return FeatureTable(cfg.backbone, split.all_samples, cache, progress), None
 
 

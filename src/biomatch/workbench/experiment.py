@@ -46,6 +46,10 @@ STRATEGIES: dict[str, str] = {
 }
 
 
+# test-time views: (zoom, shift x, shift y in pixels); never flipped
+TTA_VIEWS = ((1.08, 0.0, 0.0), (1.0, 2.0, 0.0), (1.0, -2.0, 0.0), (1.0, 0.0, 2.0))
+
+
 @dataclass
 class ExperimentConfig:
     """One run. `dim` is the embedding size; `hidden=0` makes the head linear."""
@@ -69,12 +73,18 @@ class ExperimentConfig:
     warmup_epochs: int = 0
     optimizer: str = "adamw"
     arc_scale: float = 64.0  # ArcFace logit scale (margin: `margin`, degrees)
+    roi_crop: bool = False  # crop each image to its official ROI box (root/index.csv), resize back
+    roi_margin: float = 0.0  # extra margin around the ROI box, fraction of the box size per side
+    train_on_val: bool = False  # train on train+val for the fixed epoch count, keep the last epoch
+    tta: int = 0  # test-time augmentation: average the embedding with `tta` shifted/zoomed copies (0-4)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise InputError(f"unknown strategy {self.strategy!r}; choose from {', '.join(STRATEGIES)}")
         if self.dim < 1 or self.epochs < 1 or self.p < 2 or self.k < 2:
             raise InputError("dim and epochs must be >= 1, p and k >= 2")
+        if not 0 <= self.tta <= len(TTA_VIEWS):
+            raise InputError(f"tta must be 0..{len(TTA_VIEWS)}")
         if self.augment not in AUGMENTS:
             raise InputError(f"unknown augment {self.augment!r}; use {', '.join(AUGMENTS)}")
 
@@ -162,19 +172,35 @@ class RowsDataset(Dataset):
         return x, self.labels[i], 0
 
 
+def roi_crop_image(img, box: Sequence[float], orig_size: tuple[int, int], margin: float = 0.0):
+    """A PIL image cropped to an ROI box given in original pixel coordinates (see `roi_to_image`)."""
+    from biomatch.workbench.data import roi_to_image
+
+    x1, y1, x2, y2 = roi_to_image(box, orig_size, img.size, margin)
+    return img.crop((round(x1), round(y1), max(round(x2), round(x1) + 1), max(round(y2), round(y1) + 1)))
+
+
 def load_image_tensor(samples: Sequence[Sample], size: int, progress: bool = False,
-                      standardize: bool = False) -> torch.Tensor:
+                      standardize: bool = False, roi_crop: bool = False, roi_margin: float = 0.0) -> torch.Tensor:
     """(N, 3, size, size) float tensor of the images (held in memory): ImageNet-normalized, or
     with `standardize` each image's channels to zero mean / unit std, which removes the
-    exposure differences that dominate raw pixels of traffic-sign photos."""
+    exposure differences that dominate raw pixels of traffic-sign photos. `roi_crop`: crop each
+    image to its official ROI box (dataset root's index.csv) before resizing to `size`."""
     from tqdm.auto import tqdm
 
     from biomatch.data.images import load_image
     from biomatch.data.transforms import eval_transform
+    from biomatch.workbench.data import roi_of
 
     tf = eval_transform(size)
-    x = torch.stack([tf(load_image(s.path)) for s in tqdm(samples, desc="loading images",
-                                                          disable=not progress, leave=False)])
+
+    def one(s: Sample):
+        img = load_image(s.path)
+        if roi_crop:
+            img = roi_crop_image(img, *roi_of(s.path), margin=roi_margin)
+        return tf(img)
+
+    x = torch.stack([one(s) for s in tqdm(samples, desc="loading images", disable=not progress, leave=False)])
     if standardize:
         x = (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), keepdim=True).clamp_min(1e-3)
     return x
@@ -225,11 +251,26 @@ def build_model(cfg: ExperimentConfig, in_dim: int | None) -> nn.Module:
     return ProjectionHead(dims, normalize=True)
 
 
+def tta_view(x: torch.Tensor, zoom: float, dx: float, dy: float) -> torch.Tensor:
+    """Images (N, C, H, W) zoomed in by `zoom` and shifted by (dx, dy) pixels, border replicated."""
+    h, w = x.shape[2:]
+    theta = torch.tensor([[1 / zoom, 0.0, -2 * dx / w], [0.0, 1 / zoom, -2 * dy / h]]).expand(len(x), 2, 3)
+    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 @torch.no_grad()
-def embed_rows(model: nn.Module, x: torch.Tensor, batch: int = 256) -> np.ndarray:
-    """Embeddings of input rows (features or images), eval mode, float32."""
+def embed_rows(model: nn.Module, x: torch.Tensor, batch: int = 256, tta: int = 0) -> np.ndarray:
+    """Embeddings of input rows (features or images), eval mode, float32; with `tta` > 0 (images)
+    the L2-renormalized mean over the image and its first `tta` TTA_VIEWS."""
     model.eval()
-    return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).float().numpy()
+    emb = torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).float()
+    if tta and x.ndim == 4:
+        for zoom, dx, dy in TTA_VIEWS[:tta]:
+            emb = emb + torch.cat([model(tta_view(x[i : i + batch], zoom, dx, dy))
+                                   for i in range(0, len(x), batch)]).float()
+        emb = nn.functional.normalize(emb, dim=1)
+    return emb.numpy()
 
 
 def run_experiment(cfg: ExperimentConfig, split: IdentitySplit, features=None, images=None,
@@ -243,7 +284,8 @@ def run_experiment(cfg: ExperimentConfig, split: IdentitySplit, features=None, i
     if not split.val:
         raise InputError("the workbench needs a validation split for its per-epoch curves")
     if cfg.on_images:
-        get = images or (lambda s: load_image_tensor(s, cfg.image_size, standardize=cfg.per_image_standardize))
+        get = images or (lambda s: load_image_tensor(s, cfg.image_size, standardize=cfg.per_image_standardize,
+                                                     roi_crop=cfg.roi_crop, roi_margin=cfg.roi_margin))
         x_train, x_val, x_test = get(split.train), get(split.val), get(split.test)
     else:
         if features is None:
@@ -252,7 +294,9 @@ def run_experiment(cfg: ExperimentConfig, split: IdentitySplit, features=None, i
     y_train, y_val, y_test = split.labels(split.train), split.labels(split.val), split.labels(split.test)
     model = build_model(cfg, None if cfg.on_images else x_train.shape[1])
     objective = make_objective_for(cfg, len(split.classes))
-    dataset = RowsDataset(x_train, y_train, cfg.augment if cfg.on_images else "none", cfg.seed)
+    x_fit, y_fit = (torch.cat([x_train, x_val]), np.concatenate([y_train, y_val])) if cfg.train_on_val \
+        else (x_train, y_train)
+    dataset = RowsDataset(x_fit, y_fit, cfg.augment if cfg.on_images else "none", cfg.seed)
 
     def validate(m: nn.Module) -> dict[str, float]:
         tr, va = embed_rows(m, x_train), embed_rows(m, x_val)
@@ -262,12 +306,17 @@ def run_experiment(cfg: ExperimentConfig, split: IdentitySplit, features=None, i
     tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, monitor="accuracy",
                        seed=cfg.seed, warmup_epochs=cfg.warmup_epochs, optimizer=cfg.optimizer)
     start = time.perf_counter()
-    history = fit(model, dataset, make_batch_sampler(cfg, y_train), objective, tcfg, validate,
-                  progress=progress)
+    # train_on_val: no validation (val is training data), the last epoch is kept
+    history = fit(model, dataset, make_batch_sampler(cfg, y_fit), objective, tcfg,
+                  None if cfg.train_on_val else validate, progress=progress)
     train_s = time.perf_counter() - start
     ref_x, ref_y = torch.cat([x_train, x_val]), np.concatenate([y_train, y_val])
-    ref_emb, test_emb = embed_rows(model, ref_x), embed_rows(model, x_test)
+    ref_emb, test_emb = embed_rows(model, ref_x, tta=cfg.tta), embed_rows(model, x_test, tta=cfg.tta)
     metrics = classification_report(ref_emb, ref_y, test_emb, y_test, k=cfg.knn_k)
+    if not cfg.train_on_val:  # validation accuracy of the kept weights (with TTA if asked), for selection
+        tr, va = embed_rows(model, x_train, tta=cfg.tta), embed_rows(model, x_val, tta=cfg.tta)
+        metrics["val_knn_accuracy"] = KNNClassifier(k=min(cfg.knn_k, len(tr))).fit(tr, y_train).score(va, y_val)
+        metrics["val_ncm_accuracy"] = NearestClassMean().fit(tr, y_train).score(va, y_val)
     return ExperimentResult(cfg, history, metrics, {"train_s": train_s}, ref_emb, ref_y, test_emb, y_test,
                             split.classes)
 
