@@ -62,7 +62,10 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2,3,4")
     parser.add_argument("--configs", nargs="*", default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+                        help="torch threads (1 is far faster when the CPU is shared with other jobs)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     seeds = [int(s) for s in args.seeds.split(",")]
     configs = args.configs or sorted(glob.glob(str(REPO_ROOT / "configs" / "hands_*.yaml")))
     samples = load_hands()
@@ -95,6 +98,17 @@ def main() -> None:
     write_section(throughput, time.perf_counter() - bench_start)
 
 
+def row_kind(name: str) -> str:
+    """What a row is: a reference method (a–c), a method (d), a control, or another protocol."""
+    if name.startswith("hands_control_"):
+        return "control, not a method"
+    if "side_aware" in name:
+        return "separate protocol: uses left/right labels"
+    if name.startswith("hands_d_"):
+        return "method d"
+    return f"method {name.split('_')[1]}"
+
+
 def write_section(throughput: float, run_s: float) -> None:
     """The BENCHMARKS.md table from every result file whose config still exists (so rerunning one
     method refreshes its row without rerunning the others)."""
@@ -107,7 +121,7 @@ def write_section(throughput: float, run_s: float) -> None:
     rows = []
     for name, rec in results.items():
         m = rec["metrics"]
-        rows.append([name] + [f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" for k in METRICS]
+        rows.append([f"{name} ({row_kind(name)})"] + [f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" for k in METRICS]
                     + [f"{rec['timing']['total_s_all_seeds'] - rec['timing'].get('features_s_first_seed', 0):.0f}",
                        rec["machine"].split("load ")[-1] if "load " in rec["machine"] else "–"])
     for name, (ref_name, ref) in REFERENCES.items():
@@ -137,5 +151,4 @@ def write_section(throughput: float, run_s: float) -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
     main()
