@@ -138,7 +138,8 @@ def rebuild_section() -> None:
         cfg = r.get("config", {})
         for name in SCRATCH_BACKBONES:
             if r["source"].startswith(name):
-                extra = [f"{k} {cfg[k]}" for k in ("augment", "warmup_epochs", "optimizer", "arc_scale") if k in cfg]
+                extra = [f"{k} {cfg[k]}" for k in ("augment", "warmup_epochs", "optimizer", "arc_scale", "roi_crop",
+                                                                "roi_margin", "train_on_val", "tta") if k in cfg]
                 return f"{name}, from scratch, {size} px" + (f" ({', '.join(extra)})" if extra else "")
         if r.get("config", {}).get("finetune"):
             return f"efficientnet_lite0 finetuned, {size} px"
@@ -217,10 +218,10 @@ def main() -> None:
                 part_strategies(ds, "efficientnet_lite0", scratch_seeds, args.finetune_epochs,
                                 args.scratch_strategies.split(","), "efficientnet_lite0_finetune" + args.tag_suffix, lr=1e-3,
                                 image_size=64, finetune=True, augment="shift_flip" if ds == "lfw62" else "shift")
-            if "signs" in parts and ds == "gtsrb_small":  # best GTSRB config: wider CNN + sign augmentation
+            if "signs" in parts and ds == "gtsrb_small":  # best GTSRB config: wider CNN + sign augmentation, official ROI crop
                 part_strategies(ds, "small_cnn", scratch_seeds, args.sign_epochs, ["arcface"],
-                                "small_cnn_sign" + args.tag_suffix, lr=3e-3, image_size=48, augment="sign",
-                                warmup_epochs=3)
+                                "small_cnn_sign_roi" + args.tag_suffix, lr=3e-3, image_size=48, augment="sign",
+                                warmup_epochs=3, roi_crop=True, roi_margin=0.1)
             print(f"{ds}: {time.perf_counter() - t0:.0f} s", flush=True)
             rebuild_section()
     rebuild_section()
