@@ -267,7 +267,7 @@ def main() -> None:
     sp = run_speed() if args.part in ("all", "speed") else json.loads((RESULTS_DIR / "palmprint_rsm_speed.json").read_text())["timing"]
     if args.part == "speed":
         return
-    rows_path = RESULTS_DIR / "palmprint_rsm_rows.json"
+    rows_path = RESULTS_DIR / "raw" / "palmprint_rsm_rows.json"  # raw rows, not a result record
     if args.part == "markdown":  # re-render from the saved rows
         rows = json.loads(rows_path.read_text())
     else:

@@ -203,10 +203,7 @@ class SQLiteStore(TemplateStore):
                 "FROM users u LEFT JOIN templates t ON t.user_id = u.user_id "
                 "GROUP BY u.user_id ORDER BY u.user_id"
             ).fetchall()
-        return [
-            UserInfo(u, int(n), tuple(sorted(h.split(","))) if h else (), float(c))
-            for u, c, n, h in rows
-        ]
+        return _to_user_infos(rows)
 
     def has_user(self, user: str) -> bool:
         with self._lock:
@@ -240,6 +237,11 @@ class SQLiteStore(TemplateStore):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+def _to_user_infos(rows: list) -> list[UserInfo]:
+    """(user_id, created, template count, comma-joined model hashes) rows → UserInfo, both dialects."""
+    return [UserInfo(u, int(n), tuple(sorted(h.split(","))) if h else (), float(c)) for u, c, n, h in rows]
 
 
 def _to_templates(rows: list[tuple[int, str, int, Any]]) -> Templates:
@@ -336,10 +338,7 @@ class PostgresStore(TemplateStore):
                 "FROM biomatch_users u LEFT JOIN biomatch_templates t ON t.user_id = u.user_id "
                 "GROUP BY u.user_id ORDER BY u.user_id COLLATE \"C\""
             ).fetchall()
-        return [
-            UserInfo(u, int(n), tuple(sorted(h.split(","))) if h else (), float(c))
-            for u, c, n, h in rows
-        ]
+        return _to_user_infos(rows)
 
     def has_user(self, user: str) -> bool:
         with self._lock:
