@@ -24,6 +24,7 @@ def main(out_prefix: str) -> None:
                   progress=False)
     torch.save({"params": [p.detach() for p in model.parameters()], "loss": history.loss},
                f"{out_prefix}.{rank()}.pt")
+    torch.distributed.barrier()  # neither rank may leave while the other is still in a collective
     torch.distributed.destroy_process_group()
 
 
