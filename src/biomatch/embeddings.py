@@ -59,7 +59,7 @@ def extract(
     device = _device_of(model)
     loader = DataLoader(ImageDataset(samples, transform, mirror=mirror), batch_size=batch_size,
                         num_workers=num_workers, shuffle=False)
-    out = [model(x.to(device)).float().cpu() for x, _ in tqdm(loader, desc=desc, disable=not progress,
+    out = [model(x.to(device)).float().cpu() for x, _ in tqdm(loader, desc=desc, disable=None if progress else True,
                                                                leave=False)]
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 

@@ -1,4 +1,4 @@
-"""The training loop: progress bar, validation each epoch, early stopping, checkpoint + resume,
+"""The training loop: progress bar (on a terminal; off in logs), validation each epoch, early stopping, checkpoint + resume,
 seeded, CPU/CUDA, and DistributedDataParallel when launched by torchrun.
 
 It is agnostic of what a batch holds: a Dataset yields (input, label, view) and a batch
@@ -139,7 +139,7 @@ def fit(
         opt.load_state_dict(state["optimizer"])
         history = History(**state["history"])
         best_state, start = state["best_model"], state["epoch"] + 1
-    bar = tqdm(range(start, cfg.epochs), desc="training", disable=not progress or rank() != 0, leave=False)
+    bar = tqdm(range(start, cfg.epochs), desc="training", disable=True if not progress or rank() != 0 else None, leave=False)
     for epoch in bar:
         if hasattr(batch_sampler, "set_epoch"):
             batch_sampler.set_epoch(epoch)

@@ -200,7 +200,7 @@ def load_image_tensor(samples: Sequence[Sample], size: int, progress: bool = Fal
             img = roi_crop_image(img, *roi_of(s.path), margin=roi_margin)
         return tf(img)
 
-    x = torch.stack([one(s) for s in tqdm(samples, desc="loading images", disable=not progress, leave=False)])
+    x = torch.stack([one(s) for s in tqdm(samples, desc="loading images", disable=None if progress else True, leave=False)])
     if standardize:
         x = (x - x.mean((2, 3), keepdim=True)) / x.std((2, 3), keepdim=True).clamp_min(1e-3)
     return x

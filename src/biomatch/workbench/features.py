@@ -41,7 +41,7 @@ def _face_features(samples: Sequence[Sample], cache: Path | None, progress: bool
         if feats.shape[0] == len(samples):
             return feats
     chunks = []
-    for lo in tqdm(range(0, len(samples), 64), desc="mobilefacenet features", disable=not progress, leave=False):
+    for lo in tqdm(range(0, len(samples), 64), desc="mobilefacenet features", disable=None if progress else True, leave=False):
         chunks.append(emb.embed([load_image(s.path) for s in samples[lo : lo + 64]]))
     feats = np.concatenate(chunks).astype(np.float32)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
