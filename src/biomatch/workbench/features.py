@@ -63,7 +63,7 @@ def frozen_features(source: str, samples: Sequence[Sample], cache: Path | None =
     from biomatch.models.backbones import create_backbone
 
     bb = create_backbone(source, pretrained=True)
-    if bb.weights_id == "random":
+    if bb.random_init:
         raise InputError(f"{source} has no pretrained weights here; frozen features would be noise")
     tf = eval_transform(bb.input_size, bb.mean, bb.std)
     return _l2(cached_features(bb, source, list(samples), tf, cache=cache, progress=progress))
