@@ -82,15 +82,29 @@ def cached_features(
 ) -> np.ndarray:
     """Backbone features of `samples`, computed once and then read from `cache`/features/*.npy."""
     weights_id = getattr(backbone, "weights_id", "unknown")
+    key = cache_key(backbone_name, weights_id, transform, samples, mirror)
+    return disk_cached(
+        feature_cache_path(backbone_name, key, cache), len(samples),
+        lambda: extract(backbone, samples, transform, batch_size, mirror=mirror, progress=progress,
+                        desc=f"{backbone_name} features{' (mirrored)' if mirror else ''}"),
+    )
+
+
+def feature_cache_path(name: str, key: str, cache: Path | None = None) -> Path:
+    """`<cache>/features/<name>-<key>.npy` (the folder is created)."""
     folder = (cache or cache_dir()) / "features"
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{backbone_name}-{cache_key(backbone_name, weights_id, transform, samples, mirror)}.npy"
+    return folder / f"{name}-{key}.npy"
+
+
+def disk_cached(path: Path, n_rows: int, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """The array stored at `path` if it has `n_rows` rows; otherwise `compute()` it and store it
+    atomically (tmp file + rename), so a crash never leaves a truncated cache behind."""
     if path.is_file():
         feats = np.load(path)
-        if feats.shape[0] == len(samples):
+        if feats.shape[0] == n_rows:
             return feats
-    feats = extract(backbone, samples, transform, batch_size, mirror=mirror, progress=progress,
-                    desc=f"{backbone_name} features{' (mirrored)' if mirror else ''}")
+    feats = compute()
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     with open(tmp, "wb") as fh:
         np.save(fh, feats)

@@ -7,7 +7,6 @@ Sources: registered torch backbones (EfficientNet-Lite0/2, …) through
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,40 +14,28 @@ import numpy as np
 
 from biomatch.data.datasets import Sample
 from biomatch.errors import InputError
+from biomatch.models.embedder import l2_normalize
 
 FACE_SOURCE = "mobilefacenet"
-
-
-def _l2(x: np.ndarray) -> np.ndarray:
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def _face_features(samples: Sequence[Sample], cache: Path | None, progress: bool) -> np.ndarray:
     from tqdm.auto import tqdm
 
     from biomatch.data.images import load_image
-    from biomatch.embeddings import cache_key
+    from biomatch.embeddings import cache_key, disk_cached, feature_cache_path
     from biomatch.faces.embedder import FaceEmbedder
-    from biomatch.paths import cache_dir
 
     emb = FaceEmbedder.default(threads=1)
-    folder = (cache or cache_dir()) / "features"
-    folder.mkdir(parents=True, exist_ok=True)
     key = cache_key(FACE_SOURCE, emb.model_hash, repr(emb.preprocess.to_dict()), samples)
-    path = folder / f"{FACE_SOURCE}-{key}.npy"
-    if path.is_file():
-        feats = np.load(path)
-        if feats.shape[0] == len(samples):
-            return feats
-    chunks = []
-    for lo in tqdm(range(0, len(samples), 64), desc="mobilefacenet features", disable=None if progress else True, leave=False):
-        chunks.append(emb.embed([load_image(s.path) for s in samples[lo : lo + 64]]))
-    feats = np.concatenate(chunks).astype(np.float32)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, feats)
-    os.replace(tmp, path)
-    return feats
+
+    def compute() -> np.ndarray:
+        chunks = [emb.embed([load_image(s.path) for s in samples[lo : lo + 64]])
+                  for lo in tqdm(range(0, len(samples), 64), desc="mobilefacenet features",
+                                 disable=None if progress else True, leave=False)]
+        return np.concatenate(chunks).astype(np.float32)
+
+    return disk_cached(feature_cache_path(FACE_SOURCE, key, cache), len(samples), compute)
 
 
 def frozen_features(source: str, samples: Sequence[Sample], cache: Path | None = None,
@@ -57,7 +44,7 @@ def frozen_features(source: str, samples: Sequence[Sample], cache: Path | None =
     if not samples:
         raise InputError("no samples to compute features for")
     if source == FACE_SOURCE:
-        return _l2(_face_features(list(samples), cache, progress))
+        return l2_normalize(_face_features(list(samples), cache, progress))
     from biomatch.data.transforms import eval_transform
     from biomatch.embeddings import cached_features
     from biomatch.models.backbones import create_backbone
@@ -66,7 +53,7 @@ def frozen_features(source: str, samples: Sequence[Sample], cache: Path | None =
     if bb.random_init:
         raise InputError(f"{source} has no pretrained weights here; frozen features would be noise")
     tf = eval_transform(bb.input_size, bb.mean, bb.std)
-    return _l2(cached_features(bb, source, list(samples), tf, cache=cache, progress=progress))
+    return l2_normalize(cached_features(bb, source, list(samples), tf, cache=cache, progress=progress))
 
 
 class FeatureTable:
