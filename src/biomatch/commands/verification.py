@@ -40,15 +40,17 @@ def evaluate_scores(
         table.add_row(key, _fmt(value))
     Console().print(table)
     if plots is not None:
-        from biomatch.viz.verification_plots import plot_det, plot_histograms, plot_roc
+        _write_plots({file.stem: (scores, labels)}, plots, file.stem)
 
-        curves = {file.stem: (scores, labels)}
-        for path in (
-            plot_histograms(curves, plots / f"{file.stem}_hist.png"),
-            plot_roc(curves, plots / f"{file.stem}_roc.png"),
-            plot_det(curves, plots / f"{file.stem}_det.png"),
-        ):
-            Console().print(f"wrote {path}")
+
+def _write_plots(curves, folder: Path, prefix: str) -> None:
+    """Histograms, ROC and DET of the named (scores, labels) sets; print each file written."""
+    from rich.console import Console
+
+    from biomatch.viz.verification_plots import plot_det, plot_histograms, plot_roc
+
+    for draw, kind in ((plot_histograms, "hist"), (plot_roc, "roc"), (plot_det, "det")):
+        Console().print(f"wrote {draw(curves, folder / f'{prefix}_{kind}.png')}")
 
 
 def plot(
@@ -58,21 +60,13 @@ def plot(
     prefix: Annotated[str, typer.Option(help="file name prefix")] = "scores",
 ) -> None:
     """Write genuine/impostor histograms, ROC and DET curves comparing score files."""
-    from rich.console import Console
-
     from biomatch.errors import InputError
     from biomatch.metrics.score_files import read_score_file
-    from biomatch.viz.verification_plots import plot_det, plot_histograms, plot_roc
 
     curves = {f.stem: read_score_file(f, distances=distances) for f in files}
     if len(curves) != len(files):
         raise InputError("score files must have distinct names (they label the curves)")
-    for path in (
-        plot_histograms(curves, out / f"{prefix}_hist.png"),
-        plot_roc(curves, out / f"{prefix}_roc.png"),
-        plot_det(curves, out / f"{prefix}_det.png"),
-    ):
-        Console().print(f"wrote {path}")
+    _write_plots(curves, out, prefix)
 
 
 def palmprint(
