@@ -32,6 +32,98 @@ def brute_force(scores: np.ndarray, qlab, glab):
     return np.array(first), np.array(aps)
 
 
+def reference_ranks(scores: np.ndarray, qlab, glab) -> tuple[np.ndarray, np.ndarray]:
+    """The previous engine (before issue #13), kept as the slow reference: every wrong item is
+    compared with each of the query's correct items, a (queries x gallery x max_pos) tensor."""
+    s_all = torch.from_numpy(np.asarray(scores, dtype=np.float32))
+    _, inv = np.unique(np.concatenate([np.asarray(qlab), np.asarray(glab)]), return_inverse=True)
+    q, g = torch.from_numpy(inv[: len(qlab)]), torch.from_numpy(inv[len(qlab):])
+    n_pos = torch.bincount(g, minlength=int(max(q.max(), g.max())) + 1)[q]
+    max_pos = int(n_pos.max())
+    s = s_all
+    is_pos = q[:, None] == g[None, :]
+    pos_scores = torch.where(is_pos, s, torch.full_like(s, -torch.inf))
+    top_pos, _ = pos_scores.topk(max_pos, dim=1)
+    neg_scores = torch.where(is_pos, torch.full_like(s, -torch.inf), s)
+    neg_before = (neg_scores[:, :, None] >= top_pos[:, None, :]).sum(1)
+    i = torch.arange(1, max_pos + 1, dtype=torch.float64)
+    valid = i[None, :] <= n_pos[:, None]
+    precision = torch.where(valid, i / (i + neg_before.double()), torch.zeros(()).double())
+    return (1 + neg_before[:, 0]).numpy(), (precision.sum(1) / n_pos.double()).numpy()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_engine_equals_previous_engine_on_heavy_ties(seed):
+    """Many identities of uneven size, scores on a coarse grid (ties everywhere), chunk sizes
+    that cut the queries unevenly: first ranks equal, AP equal to float64 round-off."""
+    rng = np.random.default_rng(100 + seed)
+    n_ids = int(rng.integers(3, 40))
+    glab = np.concatenate([np.arange(n_ids), rng.integers(0, n_ids, int(rng.integers(0, 300)))])
+    qlab = rng.integers(0, n_ids, int(rng.integers(1, 120)))
+    levels = int(rng.choice([2, 3, 8, 50]))
+    scores = rng.integers(0, levels, size=(len(qlab), len(glab))).astype(np.float32) / levels
+    if seed % 2:  # a strong signal too: the correct items mostly on top (the sparse path)
+        scores += 2.0 * (qlab[:, None] == glab[None, :]) * (rng.random(scores.shape) < 0.8)
+    want_first, want_ap = reference_ranks(scores, qlab, glab)
+    for chunk in (None, 1, 7):
+        r = retrieval_ranks_from_block(scores, qlab, glab, chunk)
+        np.testing.assert_array_equal(r.first_rank, want_first)
+        np.testing.assert_allclose(r.average_precision, want_ap, rtol=1e-12, atol=0)
+    first, ap = brute_force(scores[:10], qlab[:10], glab)
+    np.testing.assert_array_equal(want_first[:10], first)
+    np.testing.assert_allclose(want_ap[:10], ap, rtol=1e-12)
+
+
+def retrieval_ranks_from_block(scores, qlab, glab, chunk):
+    """The engine on a score matrix with a chosen chunk size (ranks_from_scores picks its own)."""
+    from biomatch.metrics.retrieval import _encode_labels, _ranks_chunk_loop
+
+    s = torch.from_numpy(scores)
+    q, g = _encode_labels(qlab, glab)
+    return _ranks_chunk_loop(lambda a, b: s[a:b], q, g, s.shape[0], s.shape[1], chunk)
+
+
+def test_dense_sparse_and_clean_rows_agree_with_reference(monkeypatch):
+    """Force every row through the whole-row sort, then through the candidate sort."""
+    import biomatch.metrics.retrieval as rm
+
+    rng = np.random.default_rng(7)
+    qlab, glab = rng.integers(0, 20, 80), np.repeat(np.arange(20), 12)
+    scores = (rng.normal(size=(80, 240)) + 1.5 * (qlab[:, None] == glab[None, :])).astype(np.float32)
+    scores = np.round(scores, 1)
+    want_first, want_ap = reference_ranks(scores, qlab, glab)
+    for fraction in (10**9, 1):  # every busy row dense / every busy row sparse
+        monkeypatch.setattr(rm, "_DENSE_FRACTION", fraction)
+        r = ranks_from_scores(scores, qlab, glab)
+        np.testing.assert_array_equal(r.first_rank, want_first)
+        np.testing.assert_allclose(r.average_precision, want_ap, rtol=1e-12)
+
+
+def test_precision_at_1_equals_pml_with_max_bin_count():
+    """The anchor of benchmarks/engine_speed.py computes the same P@1 (= R@1) on the same split."""
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+
+    rng = np.random.default_rng(8)
+    centres = rng.normal(size=(50, 32)).astype(np.float32)
+    glab, qlab = np.repeat(np.arange(50), 10), np.repeat(np.arange(50), 4)
+    g = centres[glab] + rng.normal(scale=1.2, size=(500, 32)).astype(np.float32)
+    q = centres[qlab] + rng.normal(scale=1.2, size=(200, 32)).astype(np.float32)
+    ours = retrieval_summary(retrieval_ranks(q, g, qlab, glab))
+    calc = AccuracyCalculator(include=("precision_at_1",), k="max_bin_count", device=torch.device("cpu"))
+    qn = torch.nn.functional.normalize(torch.from_numpy(q), dim=1)
+    gn = torch.nn.functional.normalize(torch.from_numpy(g), dim=1)
+    pml = calc.get_accuracy(qn, torch.from_numpy(qlab), gn, torch.from_numpy(glab), ref_includes_query=False)
+    assert 0.2 < ours["recall@1"] < 0.95  # neither trivial nor hopeless
+    assert ours["recall@1"] == pytest.approx(pml["precision_at_1"], abs=1e-12)
+
+
+def test_nan_scores_are_refused():
+    with pytest.raises(InputError, match="NaN"):
+        ranks_from_scores(np.array([[np.nan, 1.0]]), ["a"], ["a", "b"])
+    with pytest.raises(InputError, match="NaN or inf"):
+        retrieval_ranks(np.array([[np.nan, 1.0]]), np.ones((1, 2)), ["a"], ["a"])
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ranks_match_brute_force_with_many_ties(seed):
     rng = np.random.default_rng(seed)

@@ -54,6 +54,8 @@ def ranks_from_scores(
     if s.ndim != 2 or s.shape != (len(query_labels), len(gallery_labels)):
         raise InputError(f"scores must be (n_queries, n_gallery) = ({len(query_labels)}, "
                          f"{len(gallery_labels)}), got {tuple(s.shape)}")
+    if bool(torch.isnan(s).any()):
+        raise InputError("scores contain NaN: cannot rank them")
     q, g = _encode_labels(query_labels, gallery_labels)
     return _ranks_chunk_loop(lambda a, b: s[a:b], q, g, s.shape[0], s.shape[1])
 
@@ -74,46 +76,115 @@ def retrieval_ranks(
                          f"and {tuple(gx.shape)}")
     if len(qx) != len(query_labels) or len(gx) != len(gallery_labels):
         raise InputError("one label per query row and per gallery row is required")
+    if not (bool(torch.isfinite(qx).all()) and bool(torch.isfinite(gx).all())):
+        raise InputError("query or gallery embeddings contain NaN or inf")
+    if metric not in ("cosine", "euclidean"):
+        raise InputError(f"unknown metric {metric!r}; use cosine or euclidean")
     if metric == "cosine":
         qx = torch.nn.functional.normalize(qx, dim=1)
         gx = torch.nn.functional.normalize(gx, dim=1)
-        block = lambda a, b: qx[a:b] @ gx.T  # noqa: E731
-    elif metric == "euclidean":
-        g_sq = (gx * gx).sum(1)
-        block = lambda a, b: 2 * qx[a:b] @ gx.T - (qx[a:b] * qx[a:b]).sum(1, keepdim=True) - g_sq  # noqa: E731
-    else:
-        raise InputError(f"unknown metric {metric!r}; use cosine or euclidean")
+    chunk_size = _chunk_rows(len(gx), chunk_size)
+    # one reused score buffer: a fresh 256 MB block per chunk costs page faults every time
+    buf = torch.empty(min(chunk_size, len(qx)) * len(gx), dtype=torch.float32)
+    gt = gx.T
+    g_sq = (gx * gx).sum(1)
+
+    def block(a: int, b: int) -> torch.Tensor:
+        out = torch.mm(qx[a:b], gt, out=buf[: (b - a) * len(gx)].view(b - a, len(gx)))
+        if metric == "euclidean":  # negative squared distance
+            out.mul_(2).sub_((qx[a:b] * qx[a:b]).sum(1, keepdim=True)).sub_(g_sq)
+        return out
+
     q, g = _encode_labels(query_labels, gallery_labels)
     return _ranks_chunk_loop(block, q, g, len(qx), len(gx), chunk_size)
 
 
+def _chunk_rows(ng: int, chunk_size: int | None) -> int:
+    """Query rows per score block: ~64 M float32 scores (256 MB) unless told otherwise."""
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
+        return chunk_size
+    return max(1, min(_BLOCK_SCORES // max(1, ng), 8192))
+
+
+_BLOCK_SCORES = 1 << 26
+
+
+def _count_at_or_above(s: np.ndarray, pos: np.ndarray, k: np.ndarray, pos_ge: np.ndarray) -> np.ndarray:
+    """For each row r and each of its k[r] correct scores pos[r, j] (descending), the number
+    of items of s[r] scoring >= it. ``pos_ge[r, j]``: the correct items scoring >= it.
+
+    One vectorized comparison pass against each row's worst correct score counts the
+    candidates; rows with no wrong candidate need nothing more, sparse rows sort only their
+    candidates, dense rows are sorted whole (SIMD sort beats extracting half a row).
+    """
+    rows = np.arange(len(s))
+    worst = pos[rows, k - 1]
+    n_cand = np.count_nonzero(s >= worst[:, None], axis=1)
+    # a row whose candidates are all correct: item j has exactly the correct ones >= it
+    out = pos_ge.astype(np.int64)
+    busy = np.flatnonzero(n_cand > k)
+    dense = n_cand[busy] * _DENSE_FRACTION > s.shape[1]
+    for r in busy[~dense]:
+        row = s[r]
+        cand = row[row >= worst[r]]
+        cand.sort()
+        out[r, : k[r]] = cand.size - np.searchsorted(cand, pos[r, : k[r]], side="left")
+    if dense.any():
+        whole = np.sort(s[busy[dense]], axis=1)
+        for r, row in zip(busy[dense], whole):
+            out[r, : k[r]] = row.size - np.searchsorted(row, pos[r, : k[r]], side="left")
+    return out
+
+
+_DENSE_FRACTION = 4  # sort the whole row once a quarter of it are candidates
+
+
 def _ranks_chunk_loop(block, q: torch.Tensor, g: torch.Tensor, nq: int, ng: int,
                       chunk_size: int | None = None) -> RetrievalRanks:
+    """First ranks and AP, one block of query rows at a time.
+
+    Per query, only the items scoring >= its *worst* correct item can precede a correct
+    one, so each row is cut to those candidates (one comparison pass), the candidates are
+    sorted (numpy's SIMD sort; few for a good embedding, the whole row at worst) and every
+    correct item's count of items scoring >= it comes from one binary search. Cost is one
+    pass over the scores plus a sort of the candidates: it does not grow with the number
+    of correct items per query. numpy measured 4-9x faster than torch for the compare,
+    count and sort steps at 1 thread (benchmarks/engine_speed.py).
+    """
     if nq == 0 or ng == 0:
         raise InputError(f"empty {'queries' if nq == 0 else 'gallery'}: nothing to rank")
-    counts = torch.bincount(g, minlength=int(max(q.max(), g.max())) + 1)
-    n_pos = counts[q]
+    n_labels = int(max(q.max(), g.max())) + 1
+    counts = torch.bincount(g, minlength=n_labels)
+    n_pos = counts[q].numpy()
     if bool((n_pos == 0).any()):
         bad = int((n_pos == 0).sum())
         raise InputError(f"{bad} of {nq} queries have no correct item in the gallery")
+    # Gallery columns grouped by label: the correct items of a query are one contiguous run.
+    order = torch.argsort(g, stable=True).numpy()
+    starts = (torch.cumsum(counts, 0) - counts)[q].numpy()
     max_pos = int(n_pos.max())
-    # Bound the (chunk, n_gallery, max_pos) comparison tensor to ~64M booleans.
-    chunk = chunk_size or max(1, min(nq, 64_000_000 // max(1, ng * max_pos), 4096))
+    steps = np.arange(max_pos)
+    chunk = _chunk_rows(ng, chunk_size)
     first = np.empty(nq, dtype=np.int64)
     ap = np.empty(nq, dtype=np.float64)
     for a in range(0, nq, chunk):
         b = min(a + chunk, nq)
-        s = block(a, b).float()
-        is_pos = q[a:b, None] == g[None, :]
-        pos_scores = torch.where(is_pos, s, torch.full_like(s, -torch.inf))
-        top_pos, _ = pos_scores.topk(max_pos, dim=1)  # descending; -inf pads rows with fewer
-        neg_scores = torch.where(is_pos, torch.full_like(s, -torch.inf), s)
-        neg_before = (neg_scores[:, :, None] >= top_pos[:, None, :]).sum(1)  # (c, max_pos)
-        i = torch.arange(1, max_pos + 1, dtype=torch.float64)
-        valid = i[None, :] <= n_pos[a:b, None]
-        precision = torch.where(valid, i / (i + neg_before.double()), torch.zeros(()).double())
-        first[a:b] = (1 + neg_before[:, 0]).numpy()
-        ap[a:b] = (precision.sum(1) / n_pos[a:b].double()).numpy()
+        s = block(a, b)
+        s = (s.float() if isinstance(s, torch.Tensor) else torch.as_tensor(s).float()).numpy()
+        k = n_pos[a:b]
+        valid = steps[None, :] < k[:, None]  # (c, max_pos)
+        cols = order[np.minimum(starts[a:b, None] + steps[None, :], ng - 1)]
+        pos = np.take_along_axis(s, cols, axis=1)
+        pos = -np.sort(-np.where(valid, pos, -np.inf), axis=1)  # best first; padding (-inf) last
+        # correct items scoring >= each correct one (itself and ties)
+        pos_ge = ((pos[:, None, :] >= pos[:, :, None]) & valid[:, None, :]).sum(2)
+        neg_before = _count_at_or_above(s, pos, k, pos_ge) - pos_ge
+        i = steps[None, :] + 1.0
+        precision = np.where(valid, i / (i + neg_before), 0.0)
+        first[a:b] = 1 + neg_before[:, 0]
+        ap[a:b] = precision.sum(1) / k
     return RetrievalRanks(first, ap, ng)
 
 
