@@ -70,8 +70,11 @@ def plot(
 
 
 def palmprint(
-    dataset: Annotated[str, typer.Option(help="tongji or polyu")] = "tongji",
-    matcher: Annotated[str, typer.Option(help="compcode, compcode-noshift or palmnet")] = "compcode",
+    dataset: Annotated[str, typer.Option(help="tongji, polyu or tongji_full (600 palms)")] = "tongji",
+    root: Annotated[Optional[Path], typer.Option(
+        help="your own ROIs instead of --dataset: DIR/<palm>/<session>_<n>.<ext> (session 1 = enrol, 2 = test), "
+        "or a CSV (or DIR/palms.csv) with columns path,palm,session")] = None,
+    matcher: Annotated[str, typer.Option(help="compcode, compcode-noshift, palmnet or compnet")] = "compcode",
     pairs: Annotated[str, typer.Option(help="all-vs-all or test-vs-enrolled")] = "all-vs-all",
     m: Annotated[int, typer.Option(help="RSM references (0 = all session-1 images)")] = 30,
     alpha: Annotated[float, typer.Option(help="RSM weight of the direct dissimilarity")] = 1.0,
@@ -93,7 +96,12 @@ def palmprint(
     if m < 0:
         raise InputError(f"--m must be >= 0 (0 = all references), got {m}")
     torch.set_num_threads(1)
-    ss = compute_session_scores(make_matcher(matcher, seed), dataset)
+    samples = None
+    if root is not None:
+        from biomatch.palmprint.data import load_layout
+
+        samples, dataset = load_layout(root), root.name
+    ss = compute_session_scores(make_matcher(matcher, seed), dataset, samples=samples)
     rsm = RSM(m=m or None, alpha=alpha, seed=seed)
     plain, labels = ss.scores(pairs)  # type: ignore[arg-type]
     rescored, _ = ss.scores(pairs, rsm)  # type: ignore[arg-type]

@@ -6,7 +6,9 @@ learned features, not to compete with CCNet. Seeded end to end (init, shuffling,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,6 +66,11 @@ class LearnedMatcher:
     seed: int = 0
     name: str = "PalmNet+ArcFace"
     model: PalmNet | None = None
+    time_budget_s: float | None = None  # stop after this much training-loop wall time (None = all epochs)
+    checkpoint: Path | None = None  # final weights are saved here (for the full-scale benchmark)
+    log: Path | None = None
+    history: list[dict] = field(default_factory=list)
+    train_s: float = 0.0
 
     def fit(self, rois: np.ndarray, labels: np.ndarray) -> "LearnedMatcher":
         """Train on ROIs (n, H, W) with palm ids ``labels``; returns self."""
@@ -80,7 +87,10 @@ class LearnedMatcher:
         opt = torch.optim.AdamW(list(model.parameters()) + list(loss_fn.parameters()), lr=self.lr, weight_decay=1e-4)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=self.epochs)
         model.train()
-        for _ in range(self.epochs):
+        t0 = time.perf_counter()
+        for epoch in range(self.epochs):
+            if self.time_budget_s is not None and time.perf_counter() - t0 >= self.time_budget_s:
+                break
             order = torch.randperm(x.shape[0], generator=gen)
             for start in range(0, x.shape[0], self.batch_size):
                 idx = order[start : start + self.batch_size]
@@ -89,15 +99,31 @@ class LearnedMatcher:
                 loss.backward()
                 opt.step()
             sched.step()
+            self.history.append({"epoch": epoch + 1, "loss": float(loss.detach()), "elapsed_s": time.perf_counter() - t0})
+            if self.log is not None:
+                with open(self.log, "a") as fh:
+                    fh.write(f"{time.strftime('%H:%M:%S')} epoch {epoch + 1} loss {float(loss.detach()):.3f} elapsed {time.perf_counter() - t0:.0f} s\n")
+        self.train_s = time.perf_counter() - t0
         self.model = model.eval()
+        if self.checkpoint is not None:
+            torch.save({"model": model.state_dict(), "dim": self.dim, "history": self.history, "elapsed": self.train_s}, self.checkpoint)
         return self
+
+    @classmethod
+    def load(cls, checkpoint: Path) -> "LearnedMatcher":
+        """A trained matcher from a checkpoint written by ``fit``."""
+        state = torch.load(checkpoint, weights_only=False)
+        model = PalmNet(state["dim"])
+        model.load_state_dict(state["model"])
+        return cls(dim=state["dim"], model=model.eval(), history=state["history"], train_s=state["elapsed"], checkpoint=Path(checkpoint))
 
     @torch.no_grad()
     def encode(self, rois: np.ndarray) -> Tensor:
         """Embeddings (n, dim), L2-normalized."""
         if self.model is None:
             raise InputError("LearnedMatcher.encode called before fit")
-        return self.model(_prepare(rois))
+        x = _prepare(rois)
+        return torch.cat([self.model(x[i : i + 512]) for i in range(0, x.shape[0], 512)])
 
     def dissimilarity(self, a: Tensor, b: Tensor) -> Tensor:
         """Cosine distance mapped to [0, 1]."""

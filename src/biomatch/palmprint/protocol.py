@@ -20,7 +20,7 @@ from torch import Tensor
 
 from biomatch.errors import InputError
 from biomatch.matching.rsm import RSM
-from biomatch.palmprint.data import PalmSample, load_rois, load_samples, palm_labels, split_sessions
+from biomatch.palmprint.data import PalmSample, load_rois_cached, load_samples, palm_labels, split_sessions
 
 PairSet = Literal["all-vs-all", "test-vs-enrolled"]
 PAIR_SETS: tuple[PairSet, ...] = ("all-vs-all", "test-vs-enrolled")
@@ -85,10 +85,13 @@ class SessionScores:
         return -self.dissimilarities(pair_set, rsm), self.labels(pair_set)
 
 
-def compute_session_scores(matcher: Matcher, dataset: str, root: Path | None = None) -> SessionScores:
-    """Load ``dataset``, train ``matcher`` on session 1 if it has ``fit``, and score everything."""
-    enrol, test = split_sessions(load_samples(dataset, root))
-    x1, x2 = load_rois(enrol), load_rois(test)
+def compute_session_scores(
+    matcher: Matcher, dataset: str, root: Path | None = None, samples: list[PalmSample] | None = None
+) -> SessionScores:
+    """Load ``dataset`` (or use ``samples``, e.g. from ``load_layout``), train ``matcher`` on
+    session 1 if it has ``fit``, and score everything."""
+    enrol, test = split_sessions(samples if samples is not None else load_samples(dataset, root))
+    x1, x2 = load_rois_cached(enrol), load_rois_cached(test)
     fit = getattr(matcher, "fit", None)
     if callable(fit):
         fit(x1, palm_labels(enrol))
@@ -105,9 +108,14 @@ def compute_session_scores(matcher: Matcher, dataset: str, root: Path | None = N
 
 
 def make_matcher(name: str, seed: int = 0) -> Matcher:
-    """Matchers by CLI name: 'compcode', 'compcode-noshift', 'palmnet'."""
+    """Matchers by CLI name: 'compcode', 'compcode-noshift', 'palmnet', 'compnet' (learned competitive coding,
+    trained here for at most ``COMPNET_BUDGET_S``; the full-scale benchmark trains it longer)."""
+    from biomatch.palmprint.ccnet import CompNetMatcher, TrainConfig
     from biomatch.palmprint.compcode import CompCode
     from biomatch.palmprint.learned import LearnedMatcher
+
+    if name == "compnet":
+        return CompNetMatcher(config=TrainConfig(time_budget_s=COMPNET_BUDGET_S, max_epochs=60, seed=seed))
 
     if name == "compcode":
         return CompCode()
@@ -115,7 +123,8 @@ def make_matcher(name: str, seed: int = 0) -> Matcher:
         return CompCode(max_shift=0, name="CompCode (no shift)")
     if name == "palmnet":
         return LearnedMatcher(seed=seed)
-    raise InputError(f"unknown matcher {name!r}; choose compcode, compcode-noshift or palmnet")
+    raise InputError(f"unknown matcher {name!r}; choose one of {list(MATCHERS + ('compnet',))}")
 
 
 MATCHERS = ("compcode", "compcode-noshift", "palmnet")
+COMPNET_BUDGET_S = 300.0
