@@ -1,9 +1,16 @@
-"""Benchmark: 11k Hands dorsal → palmar, every configs/hands_*.yaml method over 5 split seeds.
+"""Benchmark: 11k Hands dorsal → palmar, configs/hands_*.yaml methods over split seeds.
 
-Writes benchmarks/results/hands_dorsal_palmar_<method>.json (DESIGN.md schema) and the
-hands_dorsal_palmar section of BENCHMARKS.md with the published reference numbers beside ours.
+Seed rule (issue #14): split seeds 0–4 are the TUNING seeds — every choice (method, budget,
+margin, taps, fusion and geometry weights, anything) is made on them only. Seeds 10–19 are the
+REPORT seeds, run once after the choices are frozen; the headline numbers come from them. Each
+result file is named by method and role (hands_dorsal_palmar_<method>_<role>.json) and carries
+"seeds" (the seeds actually run), "seed_role" ("tuning" | "report") and per-seed results with
+the commit each was measured at. A seed's result is written as soon as it finishes, so a killed
+run keeps what it did (`complete: false` until every planned seed is in). "(b) beats (a) on N of
+M seeds" only compares seeds both rows ran.
 
-    python benchmarks/hands_dorsal_palmar.py [--seeds 0,1,2,3,4] [--configs configs/hands_b*.yaml]
+    python benchmarks/hands_dorsal_palmar.py --role tuning [--configs configs/hands_b*.yaml]
+    python benchmarks/hands_dorsal_palmar.py --role report --configs <frozen best + a, b, controls>
 """
 
 from __future__ import annotations
@@ -12,27 +19,28 @@ import argparse
 import glob
 import json
 import os
+import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from biomatch.config import load_method
-from biomatch.data.transforms import eval_transform
-from biomatch.embeddings import extract
 from biomatch.hands.methods import run_method
-from biomatch.hands.protocol import load_hands, make_split
+from biomatch.hands.protocol import BEST_METHOD, REPORT_SEEDS, TUNING_SEEDS, load_hands, make_split, seed_role
 from biomatch.metrics.retrieval import bootstrap_ci
-from biomatch.models.backbones import create_backbone
 from biomatch.paths import REPO_ROOT
 from biomatch.results import (
     RESULTS_DIR,
+    git_commit,
     machine_description,
     markdown_table,
     summarize,
     update_benchmarks_section,
     write_result,
 )
+from biomatch.viz.hands_report import plot_worst_queries, rank_histogram, worst_queries
 
 METRICS = ("recall@1", "recall@5", "recall@10", "mean_rank", "median_rank", "map")
 REFERENCE_SOURCE = ("DESIGN.md / issue #3: full-resolution 11k Hands (1600×1200), one split, ~41 test subjects")
@@ -44,108 +52,190 @@ REFERENCES = {
 }
 PROTOCOL = ("subject-disjoint split 68/11/21 % of subjects with both views; queries = every dorsal image "
             "of test subjects, gallery = every palmar image of test subjects; ranks pessimistic on ties")
+DATASET = "11k Hands (bundled subset: 181 subjects with both views, 100–180 px squares)"
+PLOTS = RESULTS_DIR / "hands_dorsal_palmar_plots"
 
 
-def embed_throughput(backbone_name: str, n: int = 64) -> float:
-    """Images per second through the backbone (decode + preprocess + forward), no cache."""
-    samples = load_hands()[:n]
-    bb = create_backbone(backbone_name).eval()
-    tf = eval_transform(bb.input_size, bb.mean, bb.std)
-    extract(bb, samples[:8], tf, progress=False)  # warm-up
-    start = time.perf_counter()
-    extract(bb, samples, tf, batch_size=32, progress=False)
-    return n / (time.perf_counter() - start)
+def result_name(method: str, role: str) -> str:
+    return f"hands_dorsal_palmar_{method}_{role}"
+
+
+def aggregate(per_seed: Sequence[dict]) -> dict:
+    """mean ± std of every metric over the seeds done so far, plus the pooled rank histogram."""
+    metrics = {m: summarize([p[m] for p in per_seed]) for m in METRICS}
+    for extra in ("fta_rate",):
+        if all(extra in p for p in per_seed):
+            metrics[extra] = summarize([p[extra] for p in per_seed])
+    metrics["random_recall@1"] = summarize([1 / p["n_gallery_subjects"] for p in per_seed])
+    hist: dict[str, int] = {}
+    for p in per_seed:
+        for k, v in p["rank_histogram"].items():
+            hist[k] = hist.get(k, 0) + v
+    metrics["rank_histogram_all_seeds"] = hist
+    return metrics
+
+
+def run_config(path: str, seeds: Sequence[int], role: str, samples, device: str, resume: bool,
+               results_dir=RESULTS_DIR) -> dict:
+    """Run one config over `seeds`, rewriting its result file after every seed."""
+    cfg = load_method(path)
+    name = result_name(cfg.name, role)
+    out = results_dir / f"{name}.json"
+    per_seed: list[dict] = []
+    if resume and out.is_file():
+        old = json.loads(out.read_text())
+        if old.get("config") == cfg.model_dump():
+            per_seed = [p for p in old.get("per_seed", []) if p["seed"] in seeds]
+    done = {p["seed"] for p in per_seed}
+    for seed in seeds:
+        if seed in done:
+            continue
+        load_before = os.getloadavg()
+        r = run_method(cfg, make_split(samples, seed), device=device, progress=False)
+        ci = bootstrap_ci(r.ranks, n_boot=1000, seed=seed)["recall@1"]
+        rec = {"seed": seed, **{m: r.metrics[m] for m in METRICS},
+               **{k: v for k, v in r.metrics.items() if k.startswith("fta")},
+               "recall@1_ci95": list(ci), "n_queries": len(r.queries), "n_gallery": len(r.gallery),
+               "n_gallery_subjects": len({g.identity for g in r.gallery}),
+               "rank_histogram": rank_histogram(r.ranks.first_rank),
+               "worst_queries": worst_queries(r, 10), "train_s": r.timing["train_s"],
+               "features_s": r.timing["features_s"], "commit": git_commit(),
+               "load_before": list(load_before), "load_after": list(os.getloadavg())}
+        per_seed.append(rec)
+        per_seed.sort(key=lambda p: p["seed"])
+        if cfg.name == BEST_METHOD and seed == seeds[0]:
+            plot_worst_queries(r, results_dir / PLOTS.name / f"{cfg.name}_{role}_seed{seed}_worst.png")
+        write_result(
+            name, benchmark="hands_dorsal_palmar", method=f"{cfg.name}: {cfg.description}", dataset=DATASET,
+            protocol=PROTOCOL, seeds=[p["seed"] for p in per_seed], metrics=aggregate(per_seed),
+            reference=_reference(cfg.name),
+            timing={"train_s_mean": float(np.mean([p["train_s"] for p in per_seed])),
+                    "features_s_first_seed": per_seed[0]["features_s"]},
+            extra={"seed_role": role, "seeds_planned": list(seeds), "complete": len(per_seed) == len(seeds),
+                   "config": cfg.model_dump(), "verdict": cfg.verdict, "per_seed": per_seed,
+                   "load": list(os.getloadavg())},
+            results_dir=results_dir,
+        )
+        print(f"{cfg.name} [{role}] seed {seed}: R@1 {r.metrics['recall@1']:.3f} mean rank "
+              f"{r.metrics['mean_rank']:.2f} ({r.timing['train_s']:.0f} s train)", flush=True)
+    return json.loads(out.read_text())
+
+
+def _reference(name: str) -> dict:
+    ref_name, ref_metrics = REFERENCES.get(name, ("", {}))
+    return {"source": REFERENCE_SOURCE, "method": ref_name, "metrics": ref_metrics} if ref_name else {}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--role", choices=("tuning", "report"), default="tuning",
+                        help="tuning = seeds 0-4 (choices are made here), report = seeds 10-19 (run once, frozen)")
+    parser.add_argument("--seeds", default=None, help="a subset of the role's seeds, e.g. 0,1")
     parser.add_argument("--configs", nargs="*", default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
-                        help="torch threads (1 is far faster when the CPU is shared with other jobs)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
+    parser.add_argument("--resume", action="store_true", help="keep seeds already in the result file (same config)")
+    parser.add_argument("--section-only", action="store_true", help="only rewrite the BENCHMARKS.md section")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    seeds = [int(s) for s in args.seeds.split(",")]
-    configs = args.configs or sorted(glob.glob(str(REPO_ROOT / "configs" / "hands_*.yaml")))
-    samples = load_hands()
-    splits = {s: make_split(samples, s) for s in seeds}
-    throughput = embed_throughput("efficientnet_lite0")
-    bench_start = time.perf_counter()
-    for path in configs:
-        cfg = load_method(path)
-        start = time.perf_counter()
-        runs = [run_method(cfg, splits[s], device=args.device, progress=False) for s in seeds]
-        elapsed = time.perf_counter() - start
-        metrics = {m: summarize([r.metrics[m] for r in runs]) for m in METRICS}
-        cis = [bootstrap_ci(r.ranks, n_boot=1000, seed=r.seed)["recall@1"] for r in runs]
-        metrics["recall@1_ci95_per_seed"] = [list(c) for c in cis]
-        gallery_ids = [len({g.identity for g in r.gallery}) for r in runs]
-        metrics["random_recall@1"] = summarize([1 / n for n in gallery_ids])
-        ref_name, ref_metrics = REFERENCES.get(cfg.name, ("", {}))
-        write_result(
-            f"hands_dorsal_palmar_{cfg.name}", benchmark="hands_dorsal_palmar", method=f"{cfg.name}: {cfg.description}",
-            dataset="11k Hands (bundled subset: 181 subjects with both views, 100–180 px squares)",
-            protocol=PROTOCOL, seeds=seeds, metrics=metrics,
-            reference={"source": REFERENCE_SOURCE, "method": ref_name, "metrics": ref_metrics} if ref_name else {},
-            timing={"embed_img_per_s": throughput, "total_s_all_seeds": elapsed,
-                    "features_s_first_seed": runs[0].timing["features_s"],
-                    "train_s_mean": float(np.mean([r.timing["train_s"] for r in runs]))},
-            extra={"config": cfg.model_dump(), "per_seed": [{"seed": r.seed, **r.metrics} for r in runs],
-                   "n_queries": [len(r.queries) for r in runs], "n_gallery": [len(r.gallery) for r in runs]},
-        )
-        print(cfg.name, {m: round(metrics[m]["mean"], 3) for m in METRICS}, f"{elapsed:.0f} s", flush=True)
-    write_section(throughput, time.perf_counter() - bench_start)
+    role_seeds = list(TUNING_SEEDS if args.role == "tuning" else REPORT_SEEDS)
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else role_seeds
+    if seed_role(seeds) != args.role:
+        sys.exit(f"seeds {seeds} are not all {args.role} seeds ({role_seeds})")
+    if not args.section_only:
+        configs = args.configs or sorted(glob.glob(str(REPO_ROOT / "configs" / "hands_*.yaml")))
+        samples = load_hands()
+        for path in configs:
+            run_config(path, seeds, args.role, samples, args.device, args.resume)
+    write_section()
 
 
 def row_kind(name: str) -> str:
-    """What a row is: a reference method (a–c), a method (d), a control, or another protocol."""
+    """What a row is: a reference method (a–c), a method (d, e), a control, or another protocol."""
     if name.startswith("hands_control_"):
         return "control, not a method"
     if "side_aware" in name:
         return "separate protocol: uses left/right labels"
-    if name.startswith("hands_d_"):
-        return "method d"
     return f"method {name.split('_')[1]}"
 
 
-def write_section(throughput: float, run_s: float) -> None:
-    """The BENCHMARKS.md table from every result file whose config still exists (so rerunning one
-    method refreshes its row without rerunning the others)."""
-    results = {}
+def beats(a: dict, b: dict) -> str:
+    """'(b) beats (a) at R@1 on N of M seeds', over the seeds both rows ran."""
+    pa, pb = {p["seed"]: p for p in a["per_seed"]}, {p["seed"]: p for p in b["per_seed"]}
+    common = sorted(set(pa) & set(pb))
+    wins = sum(pb[s]["recall@1"] > pa[s]["recall@1"] for s in common)
+    return f"{wins} of {len(common)} seeds ({common})"
+
+
+def _cell(rec: dict | None, metric: str) -> str:
+    if rec is None:
+        return "–"
+    m = rec["metrics"][metric]
+    partial = "" if rec.get("complete", True) else f" ({len(rec['seeds'])} seeds)"
+    return f"{m['mean']:.3f} ± {m['std']:.3f}{partial}"
+
+
+def write_section() -> None:
+    """The BENCHMARKS.md section from every result file whose config still exists."""
+    results: dict[str, dict[str, dict]] = {}
     for path in sorted(RESULTS_DIR.glob("hands_dorsal_palmar_*.json")):
         record = json.loads(path.read_text())
-        name = record["config"]["name"]
-        if (REPO_ROOT / "configs" / f"{name}.yaml").is_file():
-            results[name] = record
+        name, role = record["config"]["name"], record.get("seed_role")
+        if role in ("tuning", "report") and (REPO_ROOT / "configs" / f"{name}.yaml").is_file():
+            results.setdefault(name, {})[role] = record
     rows = []
-    for name, rec in results.items():
-        m = rec["metrics"]
-        rows.append([f"{name} ({row_kind(name)})"] + [f"{m[k]['mean']:.3f} ± {m[k]['std']:.3f}" for k in METRICS]
-                    + [f"{rec['timing']['total_s_all_seeds'] - rec['timing'].get('features_s_first_seed', 0):.0f}",
-                       rec["machine"].split("load ")[-1] if "load " in rec["machine"] else "–"])
-    for name, (ref_name, ref) in REFERENCES.items():
-        rows.append([f"reference: {ref_name}"] + [f"{ref[k]:.3f}" if k in ref else "–" for k in METRICS] + ["–", "–"])
-    any_rec = next(iter(results.values()))
-    n_ids = round(1 / any_rec["metrics"]["random_recall@1"]["mean"])  # mean test-subject count
-    rows.append([f"random (≈ 1/{n_ids} test subjects)", f"{1 / n_ids:.3f}"] + ["–"] * (len(METRICS) + 1))
+    for name, recs in sorted(results.items(), key=lambda kv: (kv[0] != BEST_METHOD, kv[0])):
+        t, r = recs.get("tuning"), recs.get("report")
+        commits = sorted({p["commit"][:7] + ("*" if p["commit"].endswith("dirty") else "")
+                          for rec in recs.values() for p in rec["per_seed"]})
+        fta = (t or r)["metrics"].get("fta_rate")
+        rows.append([f"**{name}**" if name == BEST_METHOD else name, row_kind(name),
+                     _cell(t, "recall@1"), _cell(t, "mean_rank"), _cell(r, "recall@1"), _cell(r, "mean_rank"),
+                     _cell(r, "recall@5"), _cell(r, "map"), f"{fta['mean']:.3f}" if fta else "–",
+                     ", ".join(commits), (t or r)["config"].get("verdict", "") or "–"])
+    for ref_name, ref in REFERENCES.values():
+        rows.append([f"reference: {ref_name}", "published, 1 split", "–", "–", f"{ref['recall@1']:.3f}",
+                     f"{ref['mean_rank']:.2f}", f"{ref['recall@5']:.3f}", "–", "–", "–", "–"])
     notes = []
-    a, b = results.get("hands_a_twin_contrastive"), results.get("hands_b_triplet_batch_hard")
-    if a and b:
-        wins = [pb["recall@1"] > pa["recall@1"] for pa, pb in zip(a["per_seed"], b["per_seed"])]
-        notes.append(f"(b) beats (a) at R@1 on {sum(wins)} of {len(wins)} seeds.")
-    seeds = any_rec["seeds"]
+    for role in ("tuning", "report"):
+        a, b = (results.get(n, {}).get(role) for n in ("hands_a_twin_contrastive", "hands_b_triplet_batch_hard"))
+        if a and b:
+            notes.append(f"{role}: (b) beats (a) at R@1 on {beats(a, b)}.")
+    best = results.get(BEST_METHOD, {})
+    tail = []
+    for role in ("report", "tuning"):
+        rec = best.get(role)
+        if rec:
+            hist = rec["metrics"]["rank_histogram_all_seeds"]
+            tail.append(f"First-correct-rank histogram of {BEST_METHOD} over all queries of its {role} seeds "
+                        f"{rec['seeds']}: " + ", ".join(f"rank {k}: {v}" for k, v in hist.items()) + ".")
+            worst = sorted((w for p in rec["per_seed"][:1] for w in p["worst_queries"]), key=lambda w: -w["rank"])
+            lines = [f"- {w['query']} (subject {w['subject']}): true palm {w['true_palm']['file'] if w['true_palm'] else '–'}"
+                     f" at rank {w['rank']}; top-5 " + ", ".join(f"{t['file']}{' ✓' if t['same'] else ''}"
+                                                                for t in w["top"]) for w in worst]
+            seed0 = rec["per_seed"][0]["seed"]
+            pic = PLOTS / f"{BEST_METHOD}_{role}_seed{seed0}_worst.png"
+            tail.append(f"10 worst queries of seed {seed0} ({role}):\n" + "\n".join(lines)
+                        + (f"\n\n![worst queries]({pic.relative_to(REPO_ROOT)})" if pic.is_file() else ""))
+            break
     md = "\n\n".join([
         "## Hands: dorsal query → palmar gallery (11k Hands)",
-        f"`python benchmarks/hands_dorsal_palmar.py [--configs ...]` — seeds {seeds}, mean ± std over seeds. "
-        f"{PROTOCOL}. Machine: {machine_description()}; embed throughput (EfficientNet-Lite0, 224 px, "
-        f"decode + forward, 2 threads): {throughput:.1f} img/s; last run {run_s:.0f} s. "
-        "Seconds: all 5 seeds, training + evaluation, first backbone feature pass excluded; the machine was shared "
-        "with other jobs (load average in the last column), so seconds and img/s are upper/lower bounds.",
-        markdown_table(["method", *METRICS, "s (5 seeds)", "machine load"], rows),
-        " ".join(notes) + " References were measured on 1600×1200 originals with ResNet50 / DINOv2 ViT-B/14 "
-        "weights, which are not available here; our images are 100–180 px squares and our backbones are ImageNet "
-        "EfficientNet-Lite. Per-seed numbers and bootstrap CIs: benchmarks/results/hands_dorsal_palmar_*.json.",
+        "`python benchmarks/hands_dorsal_palmar.py --role tuning|report [--configs ...]`. "
+        f"**Seed rule:** every choice is made on the tuning split seeds {list(TUNING_SEEDS)}; the report split "
+        f"seeds {list(REPORT_SEEDS)} are run once, after the choices are frozen, for the best method "
+        f"(**{BEST_METHOD}**), (a), (b) and the controls — the headline numbers are the report columns. "
+        f"Mean ± std over seeds. {PROTOCOL}. FTA = share of images where MediaPipe found no hand (those fall "
+        "back to the un-aligned path; none is dropped). Commit: where each seed was measured (* = uncommitted "
+        f"changes in the tree). Machine: {machine_description()}; the machine was shared with other jobs, so "
+        "timings are upper bounds (per-seed load is in the JSON).",
+        markdown_table(["method", "kind", "tuning R@1 (0–4)", "tuning mean rank", "report R@1 (10–19)",
+                        "report mean rank", "report R@5", "report mAP", "FTA", "commit", "verdict (tuning seeds)"],
+                       rows),
+        " ".join(notes) + " References were measured on 1600×1200 originals with ResNet50 / DINOv2 ViT-B/14, "
+        "which are not available here; our images are 100–180 px squares. Random R@1 ≈ 1/38 test subjects. "
+        "Per-seed numbers, bootstrap CIs, rank histograms and worst queries: "
+        "benchmarks/results/hands_dorsal_palmar_*_{tuning,report}.json.",
+        *tail,
     ])
     update_benchmarks_section("hands_dorsal_palmar", md)
 

@@ -67,6 +67,25 @@ class MethodConfig(BaseModel):
     # Side-aware scoring (a separate protocol row: it reads the left/right label of query and
     # gallery images from HandInfo): this is added to the cosine of same-side gallery images.
     side_bonus: float = Field(default=0.0, ge=0)
+    # Hand landmarks (biomatch.hands.landmarks): a backbone entry "<backbone>@aligned" reads the
+    # canonical crop (middle finger up, palm scale fixed, thumb left) instead of the photo, falling
+    # back to the photo where no hand was found. `geometry_weight` > 0 adds that times the cosine of
+    # within-subject-whitened landmark geometry (finger lengths/widths, gap angles) to the score;
+    # pairs without landmarks get the query's mean geometry score (neutral), never dropped.
+    geometry_weight: float = Field(default=0.0, ge=0)
+    # Score weight of each backbone entry with `fusion: score` (default: equal).
+    fusion_weights: list[float] = Field(default_factory=list)
+    # What the tuning seeds said about this variant (shown in BENCHMARKS.md beside its row).
+    verdict: str = ""
+
+    @field_validator("backbones")
+    @classmethod
+    def _check_backbones(cls, names: list[str]) -> list[str]:
+        for name in names:
+            base, _, variant = name.partition("@")
+            if variant not in ("", "aligned"):
+                raise ValueError(f"backbone {name!r}: the only variant is '<backbone>@aligned'")
+        return names
 
     @field_validator("taps")
     @classmethod

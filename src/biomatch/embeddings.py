@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,18 +27,21 @@ from biomatch.paths import cache_dir
 
 
 class ImageDataset(Dataset):
-    """Samples → (tensor, label index); optional horizontal mirror of every image."""
+    """Samples → (tensor, label index); optional horizontal mirror of every image. `loader`
+    (sample index → PIL image) replaces reading the file, e.g. to align the hand first."""
 
     def __init__(self, samples: Sequence[Sample], transform: Callable[[Image.Image], torch.Tensor],
-                 labels: Sequence[int] | None = None, mirror: bool = False) -> None:
+                 labels: Sequence[int] | None = None, mirror: bool = False,
+                 loader: Callable[[int], Image.Image] | None = None) -> None:
         self.samples, self.transform, self.mirror = list(samples), transform, mirror
         self.labels = list(labels) if labels is not None else [0] * len(self.samples)
+        self.loader = loader
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        img = load_image(self.samples[i].path)
+        img = self.loader(i) if self.loader is not None else load_image(self.samples[i].path)
         if self.mirror:
             img = ImageOps.mirror(img)
         return self.transform(img), self.labels[i]
@@ -53,14 +58,23 @@ def _device_of(model: nn.Module) -> torch.device:
 def extract(
     model: nn.Module, samples: Sequence[Sample], transform: Callable, batch_size: int = 64,
     mirror: bool = False, num_workers: int = 0, progress: bool = True, desc: str = "embedding",
+    loader: Callable[[int], Image.Image] | None = None,
 ) -> np.ndarray:
-    """Run `model` over the images (eval mode) and return float32 rows in sample order."""
+    """Run `model` over the images (eval mode) and return float32 rows in sample order. With
+    `progress` and stderr not a terminal (a piped log), a plain line is printed about every
+    quarter of the work instead of a progress bar, so long phases never run silent."""
     model.eval()
     device = _device_of(model)
-    loader = DataLoader(ImageDataset(samples, transform, mirror=mirror), batch_size=batch_size,
-                        num_workers=num_workers, shuffle=False)
-    out = [model(x.to(device)).float().cpu() for x, _ in tqdm(loader, desc=desc, disable=None if progress else True,
-                                                               leave=False)]
+    batches = DataLoader(ImageDataset(samples, transform, mirror=mirror, loader=loader), batch_size=batch_size,
+                         num_workers=num_workers, shuffle=False)
+    tty = sys.stderr.isatty()
+    out, start, n_batches = [], time.perf_counter(), len(batches)
+    every = max(1, n_batches // 4)
+    for b, (x, _) in enumerate(tqdm(batches, desc=desc, disable=not (progress and tty), leave=False), 1):
+        out.append(model(x.to(device)).float().cpu())
+        if progress and not tty and (b % every == 0 or b == n_batches):
+            print(f"  {desc}: {min(b * batch_size, len(samples))}/{len(samples)} images "
+                  f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 
@@ -79,14 +93,19 @@ def cache_key(backbone_name: str, weights_id: str, transform: Callable, samples:
 def cached_features(
     backbone: nn.Module, backbone_name: str, samples: Sequence[Sample], transform: Callable,
     mirror: bool = False, batch_size: int = 64, cache: Path | None = None, progress: bool = True,
+    loader: Callable[[int], Image.Image] | None = None, loader_id: str = "",
 ) -> np.ndarray:
-    """Backbone features of `samples`, computed once and then read from `cache`/features/*.npy."""
+    """Backbone features of `samples`, computed once and then read from `cache`/features/*.npy.
+    A custom `loader` must come with a `loader_id` naming everything it depends on (it joins
+    the cache key)."""
+    if loader is not None and not loader_id:
+        raise ValueError("a custom loader needs a loader_id for the cache key")
     weights_id = getattr(backbone, "weights_id", "unknown")
-    key = cache_key(backbone_name, weights_id, transform, samples, mirror)
+    key = cache_key(backbone_name, weights_id, transform, samples, mirror, extra=loader_id)
     return disk_cached(
         feature_cache_path(backbone_name, key, cache), len(samples),
         lambda: extract(backbone, samples, transform, batch_size, mirror=mirror, progress=progress,
-                        desc=f"{backbone_name} features{' (mirrored)' if mirror else ''}"),
+                        desc=f"{backbone_name} features{' (mirrored)' if mirror else ''}", loader=loader),
     )
 
 

@@ -47,6 +47,11 @@ class RunResult:
     gallery_emb: np.ndarray
     timing: dict[str, float] = field(default_factory=dict)
     model: nn.Module | None = None  # the trained head (frozen mode) or backbone+head (finetune)
+    scores: np.ndarray | None = None  # final (query, gallery) similarities when not query_emb @ gallery_emb.T
+
+    def score_matrix(self) -> np.ndarray:
+        """The similarities the ranks were computed from (higher = same)."""
+        return self.scores if self.scores is not None else self.query_emb @ self.gallery_emb.T
 
 
 class FeatureDataset(Dataset):
@@ -131,18 +136,36 @@ class FeatureBank:
         plain, mirrored, self.backbones = [], [], []
         need_mirror = cfg.mirror_gallery or cfg.flip_augment or cfg.tta
         start = time.perf_counter()
-        for name in cfg.backbones:
+        self.landmarks_ok: np.ndarray | None = None  # per ordered sample: was a hand found?
+        self.geometry: np.ndarray | None = None
+        points = None
+        if cfg.geometry_weight > 0 or any("@" in n for n in cfg.backbones):
+            from biomatch.hands.landmarks import cached_geometry, cached_landmarks
+
+            points, self.landmarks_ok = cached_landmarks(ordered, cache, progress)
+            if cfg.geometry_weight > 0:
+                self.geometry = cached_geometry(ordered, points, cache)
+        for entry in cfg.backbones:
+            name, _, variant = entry.partition("@")
             bb = create_backbone(name, pool=cfg.pool).to(device)
             size = cfg.image_size or bb.input_size
             tf = background_transform(cfg.background, tuple(cfg.background_color),
                                       eval_transform(size, bb.mean, bb.std))
             extractor, key = feature_extractor(cfg, name, bb)
             extractor.to(device)
-            plain.append(F.normalize(torch.from_numpy(cached_features(extractor, key, ordered, tf, cache=cache,
-                                                                      progress=progress)), dim=1))
+            loader, loader_id = None, ""
+            if variant == "aligned":
+                from biomatch.hands.landmarks import AlignedLoader
+
+                loader = AlignedLoader(ordered, points)
+                loader_id, key = repr(loader), f"{key}@aligned"
+            plain.append(F.normalize(torch.from_numpy(cached_features(
+                extractor, key, ordered, tf, cache=cache, progress=progress, loader=loader,
+                loader_id=loader_id)), dim=1))
             if need_mirror:
                 mirrored.append(F.normalize(torch.from_numpy(cached_features(
-                    extractor, key, ordered, tf, mirror=True, cache=cache, progress=progress)), dim=1))
+                    extractor, key, ordered, tf, mirror=True, cache=cache, progress=progress, loader=loader,
+                    loader_id=loader_id)), dim=1))
             self.backbones.append(bb)
         self.seconds = time.perf_counter() - start
         self.dims = [p.shape[1] for p in plain]
@@ -153,6 +176,18 @@ class FeatureBank:
     @property
     def dim(self) -> int:
         return self.plain.shape[1]
+
+    def ok(self, samples: Sequence[Sample]) -> np.ndarray:
+        """Per sample: were hand landmarks found (False = failure to acquire, un-aligned fallback)?"""
+        if self.landmarks_ok is None:
+            return np.ones(len(samples), bool)
+        return self.landmarks_ok[[self.index[s.path] for s in samples]]
+
+    def geometry_of(self, samples: Sequence[Sample]) -> np.ndarray:
+        """Landmark geometry rows (NaN rows where no hand was found)."""
+        if self.geometry is None:
+            raise ValueError("no geometry features: set geometry_weight > 0")
+        return self.geometry[[self.index[s.path] for s in samples]]
 
     def canonical(self, samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray | None]:
         """(features as fed to the head, features of the mirrored image) for these samples."""
@@ -216,15 +251,17 @@ class FusionHead(nn.Module):
     the L2-normalized outputs are concatenated and scaled by 1/sqrt(n), so a cosine score is the
     mean of the per-backbone cosine scores."""
 
-    def __init__(self, parts: Sequence[nn.Module], dims: Sequence[int]) -> None:
+    def __init__(self, parts: Sequence[nn.Module], dims: Sequence[int], weights: Sequence[float] | None = None) -> None:
         super().__init__()
-        if len(parts) != len(dims):
-            raise ValueError("one head (ensemble) per input block")
+        if len(parts) != len(dims) or (weights and len(weights) != len(dims)):
+            raise ValueError("one head (ensemble) and one weight per input block")
         self.parts, self.dims = nn.ModuleList(parts), [int(d) for d in dims]
+        w = np.asarray(weights if weights else [1.0] * len(dims), np.float64)
+        self.scales = [math.sqrt(v / w.sum()) for v in w]  # cosine = weighted mean of block cosines
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = [F.normalize(p(c), dim=1) for p, c in zip(self.parts, torch.split(x, self.dims, dim=1))]
-        return torch.cat(z, dim=1) / math.sqrt(len(z))
+        z = [F.normalize(p(c), dim=1) * s for p, c, s in zip(self.parts, torch.split(x, self.dims, dim=1), self.scales)]
+        return torch.cat(z, dim=1)
 
 
 HEAD_SEED_STRIDE = 7919  # head j of an ensemble trains with seed split.seed + j * stride
@@ -248,7 +285,13 @@ def build_model(cfg: MethodConfig, in_dims: Sequence[int], seed: int = 0) -> nn.
         heads = [build_head(cfg, dim, seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE)
                  for j in range(cfg.n_heads)]
         parts.append(heads[0] if len(heads) == 1 else EnsembleHead(heads))
-    return parts[0] if len(parts) == 1 else FusionHead(parts, in_dims)
+    if len(parts) == 1:
+        return parts[0]
+    if cfg.fusion_weights and len(cfg.fusion_weights) != len(parts):
+        from biomatch.errors import InputError
+
+        raise InputError(f"fusion_weights needs one weight per backbone ({len(parts)}), got {cfg.fusion_weights}")
+    return FusionHead(parts, in_dims, cfg.fusion_weights or None)
 
 
 def model_leaves(model: nn.Module) -> list[tuple[int, int, nn.Module]]:
@@ -339,7 +382,13 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
                                           progress, queries, gallery)
     train_s = time.perf_counter() - start
     q_ids, g_ids = [s.identity for s in queries], [s.identity for s in gallery]
-    if cfg.rerank == "none" and cfg.side_bonus == 0:
+    extra: dict[str, float] = {}
+    if bank.landmarks_ok is not None:
+        ok = bank.ok(all_samples)
+        extra["fta_rate"] = float(1 - ok.mean())
+        extra["fta_count"] = float((~ok).sum())
+    scores = None
+    if cfg.rerank == "none" and cfg.side_bonus == 0 and cfg.geometry_weight == 0:
         ranks = retrieval_ranks(q_emb, g_emb, q_ids, g_ids)
     else:
         from biomatch.hands.rerank import rerank_scores
@@ -348,13 +397,18 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
                   rerank_scores(q_emb, g_emb, cfg.rerank, k1=cfg.rerank_k1, k2=cfg.rerank_k2, lam=cfg.rerank_lambda))
         if cfg.side_bonus:
             scores = side_scores(scores, queries, gallery, cfg.side_bonus)
+        if cfg.geometry_weight:
+            from biomatch.hands.geometry import GeometryScorer
+
+            geo = GeometryScorer.fit(bank.geometry_of(train), [s.identity for s in train])
+            scores = scores + cfg.geometry_weight * geo.scores(bank.geometry_of(queries), bank.geometry_of(gallery))
         ranks = ranks_from_scores(scores, q_ids, g_ids)
     n_images = len(all_samples) * len(cfg.backbones) * (2 if bank.mirrored is not None else 1)
     timing = {"features_s": bank.seconds, "train_s": train_s}
     if bank.seconds > 1.0:  # cached features would make a throughput meaningless
         timing["embed_img_per_s"] = n_images / bank.seconds
-    return RunResult(cfg.name, split.seed, ranks, retrieval_summary(ranks), history, queries, gallery,
-                     q_emb, g_emb, timing, model=head)
+    return RunResult(cfg.name, split.seed, ranks, {**retrieval_summary(ranks), **extra}, history, queries, gallery,
+                     q_emb, g_emb, timing, model=head, scores=scores)
 
 
 def _finetune(cfg: MethodConfig, backbones: list[Backbone], head: ProjectionHead, objective: nn.Module,
