@@ -1,13 +1,49 @@
-"""Shared fixtures: the real 11k Hands data (shared copy or vendored sample) and a tmp cache."""
+"""Shared fixtures: the real 11k Hands data (shared copy or bundled), full datasets or a skip, a tmp cache.
+
+Data resolves per dataset through biomatch.paths: $BIOMATCH_DATA, else ../shared/data, else the
+bundled data/ (complete for hands11k and the 10-palm palmprint sets, a few test images for LFW and
+AT&T). Checks that need a full dataset use `shared_dataset` and skip with a reason without it.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # the bundled subsets are what the tests are written for: no warning about them here
+    config.addinivalue_line("filterwarnings", "ignore::biomatch.paths.BundledSubsetWarning")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    import biomatch
+    from biomatch.paths import VENDORED_DATA, shared_data_root
+
+    shared = shared_data_root()
+    where = f"shared data {shared}" if shared else "no shared data (bundled data only; full-dataset checks skip)"
+    return f"biomatch from {Path(biomatch.__file__).parent}; {where}; bundled {VENDORED_DATA}"
+
+
+@pytest.fixture(scope="session")
+def shared_dataset() -> Callable[[str], Path]:
+    """``shared_dataset(name)``: the full dataset's folder, or skip the test with the reason."""
+    from biomatch.errors import NotFoundError
+    from biomatch.paths import shared_dataset_dir
+
+    def get(name: str) -> Path:
+        try:
+            return shared_dataset_dir(name)
+        except NotFoundError as exc:
+            pytest.skip(f"needs the full {name} dataset: {exc}")
+
+    return get
 
 
 @pytest.fixture(scope="session")
