@@ -1,0 +1,77 @@
+"""Seed-role bookkeeping of benchmarks/hands_dorsal_palmar.py: roles, per-seed incremental
+results, commits per seed, and "(b) beats (a)" over the seeds both rows ran."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from biomatch.hands.methods import RunResult
+from biomatch.hands.protocol import REPORT_SEEDS, TUNING_SEEDS, seed_role
+from biomatch.metrics.retrieval import retrieval_ranks, retrieval_summary
+from biomatch.paths import REPO_ROOT
+from biomatch.training import History
+
+
+@pytest.fixture()
+def bench():
+    spec = importlib.util.spec_from_file_location("hands_bench", REPO_ROOT / "benchmarks" / "hands_dorsal_palmar.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_seed_roles():
+    assert list(TUNING_SEEDS) == [0, 1, 2, 3, 4] and list(REPORT_SEEDS) == list(range(10, 20))
+    assert seed_role([0, 3]) == "tuning"
+    assert seed_role(range(10, 20)) == "report"
+    assert seed_role([4, 10]) == "other"  # never mixed into one column
+    assert seed_role([5, 6]) == "other"
+
+
+def _fake_run(fail_on: int | None = None):
+    def run(cfg, split, device="cpu", progress=False, **_):
+        if split.seed == fail_on:
+            raise KeyboardInterrupt  # a run killed in the middle
+        from biomatch.hands.protocol import HandsSplit
+
+        q, g = HandsSplit.queries(split.test), HandsSplit.gallery(split.test)
+        rng = np.random.default_rng(split.seed)
+        ids = sorted({s.identity for s in q + g})
+        centers = {i: rng.normal(size=8) for i in ids}
+        qe = np.stack([centers[s.identity] + rng.normal(size=8) for s in q]).astype(np.float32)
+        ge = np.stack([centers[s.identity] + rng.normal(size=8) for s in g]).astype(np.float32)
+        ranks = retrieval_ranks(qe, ge, [s.identity for s in q], [s.identity for s in g])
+        return RunResult(cfg.name, split.seed, ranks, retrieval_summary(ranks), History(), q, g, qe, ge,
+                         {"train_s": 0.1, "features_s": 0.0})
+    return run
+
+
+def test_results_are_written_per_seed_with_role_and_commit(bench, tmp_path, monkeypatch, hands_samples):
+    monkeypatch.setattr(bench, "run_method", _fake_run(fail_on=2))
+    cfg = str(REPO_ROOT / "configs" / "hands_b_triplet_batch_hard.yaml")
+    with pytest.raises(KeyboardInterrupt):
+        bench.run_config(cfg, [0, 1, 2, 3, 4], "tuning", hands_samples, "cpu", False, results_dir=tmp_path)
+    rec = json.loads((tmp_path / "hands_dorsal_palmar_hands_b_triplet_batch_hard_tuning.json").read_text())
+    assert rec["seed_role"] == "tuning" and rec["seeds"] == [0, 1] and rec["complete"] is False
+    assert rec["seeds_planned"] == [0, 1, 2, 3, 4]
+    assert [p["seed"] for p in rec["per_seed"]] == [0, 1]
+    assert all(p["commit"] and len(p["worst_queries"]) == 10 for p in rec["per_seed"])
+    assert sum(rec["per_seed"][0]["rank_histogram"].values()) == rec["per_seed"][0]["n_queries"]
+    # the mean over seeds is the mean of the per-seed values actually stored
+    assert rec["metrics"]["recall@1"]["mean"] == pytest.approx(np.mean([p["recall@1"] for p in rec["per_seed"]]))
+    # resume keeps the finished seeds and runs only the rest
+    calls = []
+    run = _fake_run()
+    monkeypatch.setattr(bench, "run_method", lambda cfg, split, **kw: calls.append(split.seed) or run(cfg, split))
+    rec = bench.run_config(cfg, [0, 1, 2, 3, 4], "tuning", hands_samples, "cpu", True, results_dir=tmp_path)
+    assert calls == [2, 3, 4] and rec["complete"] is True and rec["seeds"] == [0, 1, 2, 3, 4]
+
+
+def test_beats_compares_only_common_seeds(bench):
+    a = {"per_seed": [{"seed": s, "recall@1": 0.5} for s in (0, 1, 2, 3, 4)]}
+    b = {"per_seed": [{"seed": s, "recall@1": r} for s, r in ((0, 0.6), (1, 0.4), (3, 0.7))]}
+    assert bench.beats(a, b) == "2 of 3 seeds ([0, 1, 3])"
