@@ -86,7 +86,8 @@ def test_missing_or_empty_folder(tmp_path: Path) -> None:
         load_layout(tmp_path / "empty")
 
 
-def test_cli_palmprint_on_a_user_folder(tmp_path: Path) -> None:
+def test_cli_palmprint_on_a_user_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BIOMATCH_CACHE", str(tmp_path / "cache"))
     root = _folder_layout(tmp_path / "rois", palms=tuple(f"p{i}" for i in range(4)), per_session=3)
     res = CliRunner().invoke(app, ["palmprint", "--root", str(root), "--matcher", "compcode", "--m", "5"])
     assert res.exit_code == 0, res.output
@@ -180,6 +181,14 @@ def test_fast_shifted_hamming_equals_the_loop() -> None:
     b = (torch.rand(5, 3, 9, 11, generator=g) > 0.5).float()
     for shift in (0, 2):
         torch.testing.assert_close(shifted_hamming(a, b, shift, chunk=8), shifted_hamming_loop(a, b, shift), rtol=0, atol=1e-6)
+
+
+def test_batched_compcode_encoder_equals_the_opencv_one() -> None:
+    from biomatch.palmprint.compcode import CompCode
+
+    rois = np.random.default_rng(0).random((3, 128, 128)).astype(np.float32)
+    rois[1, :, 60:64] = 0.0
+    assert torch.equal(CompCode().encode(rois), CompCode().encode_reference(rois))
 
 
 # ----------------------------------------------------------------------------- learned competitive coding

@@ -51,12 +51,24 @@ class CompCode:
             raise InputError(f"expected grayscale ROIs (n, H, W), got shape {rois.shape}")
         if self.n_orient != 6:
             raise InputError("CompCode's 3-bit code is defined for 6 orientations")
+        bank = torch.from_numpy(gabor_bank(self.n_orient)).unsqueeze(1)
+        half = bank.shape[-1] // 2
+        codes = []
+        for start in range(0, rois.shape[0], 256):
+            # cv2.filter2D(BORDER_REFLECT) sampled every `stride` pixels = symmetric padding + strided correlation
+            block = np.pad(rois[start : start + 256].astype(np.float32), ((0, 0), (half, half), (half, half)), mode="symmetric")
+            resp = torch.nn.functional.conv2d(torch.from_numpy(block).unsqueeze(1), bank, stride=self.stride)
+            winner = resp.argmin(dim=1)  # most negative = dark line orientation
+            codes.append(_BITS[winner].permute(0, 3, 1, 2))
+        return torch.cat(codes)
+
+    def encode_reference(self, rois: np.ndarray) -> Tensor:
+        """The per-image OpenCV version of ``encode`` (full-resolution filtering, then subsampling); tests only."""
         bank = gabor_bank(self.n_orient)
         codes = []
         for roi in rois.astype(np.float32):
             resp = np.stack([cv2.filter2D(roi, cv2.CV_32F, k, borderType=cv2.BORDER_REFLECT) for k in bank])
-            resp = resp[:, :: self.stride, :: self.stride]
-            winner = torch.from_numpy(resp.argmin(axis=0))  # most negative = dark line orientation
+            winner = torch.from_numpy(resp[:, :: self.stride, :: self.stride].argmin(axis=0))
             codes.append(_BITS[winner].permute(2, 0, 1))
         return torch.stack(codes)
 
