@@ -46,7 +46,7 @@ def test_cli_flow(tmp_path: Path, images, capsys, monkeypatch) -> None:
     run(["enroll", "bob", *images["bob"][:2], *common], capsys, monkeypatch)
 
     code, out, _ = run(["verify", "alice", images["alice"][3], *common, *th], capsys, monkeypatch)
-    assert code == 0 and out.startswith("accept alice: distance") and "threshold 0.5000" in out
+    assert code == 0 and out.startswith("accept alice: similarity") and "(accept at >= 0.5000)" in out
     code, out, _ = run(["verify", "bob", images["alice"][3], *common, *th], capsys, monkeypatch)
     assert code == 1 and out.startswith("reject bob")
 
@@ -67,6 +67,9 @@ def test_cli_flow(tmp_path: Path, images, capsys, monkeypatch) -> None:
 
 
 def test_cli_errors(tmp_path: Path, images, capsys, monkeypatch) -> None:
+    from biomatch.gallery.store import SQLiteStore
+
+    SQLiteStore(tmp_path / "g.db").close()  # an existing, empty store (read-only commands refuse a missing one)
     store = ["--store", str(tmp_path / "g.db")]
     pix = ["--embedder", "pixels", "--threshold", "0.5"]
     cases = [

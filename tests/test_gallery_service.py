@@ -40,12 +40,12 @@ def test_enrol_verify_identify(service: GalleryService) -> None:
     _enrol_many(service, 6)
     probe = pattern_images(2, 5, seed=0)[4]  # a fresh view of user2
     ok = service.verify("user2", probe)
-    assert ok.accepted and ok.distance < 0.1 and ok.threshold == THRESHOLD
+    assert ok.accepted and ok.similarity > 0.9 and ok.threshold == THRESHOLD
     bad = service.verify("user3", probe)
-    assert not bad.accepted and bad.score < THRESHOLD and bad.distance == pytest.approx(1 - bad.score)
+    assert not bad.accepted and bad.similarity < THRESHOLD
     res = service.identify(probe, k=3)
     assert res.user == "user2" and len(res.candidates) == 3
-    assert res.candidates[0].distance <= res.candidates[1].distance <= res.candidates[2].distance
+    assert res.candidates[0].similarity >= res.candidates[1].similarity >= res.candidates[2].similarity
     stranger = pattern_images(99, 1, seed=0)[0]
     assert service.identify(stranger).user is None  # best candidate beyond threshold → unknown
     assert len(service.identify(stranger).candidates) == 5
@@ -70,10 +70,10 @@ def test_identify_equals_slow_loop(tmp_path: Path, policy: str, search: str) -> 
         agg = {u: (max(s) if policy == "max" else float(np.mean(s))) for u, s in per_user.items()}
         expected = sorted(agg.items(), key=lambda t: -t[1])[:7]
         got = svc.identify(probe, k=7).candidates
-        np.testing.assert_allclose([m.score for m in got], [s for _, s in expected], atol=1e-5)
+        np.testing.assert_allclose([m.similarity for m in got], [s for _, s in expected], atol=1e-5)
         assert got[0].user == expected[0][0]
         v = svc.verify(expected[3][0], probe)
-        assert v.score == pytest.approx(expected[3][1], abs=1e-5)
+        assert v.similarity == pytest.approx(expected[3][1], abs=1e-5)
 
 
 def test_k_larger_than_gallery(service: GalleryService) -> None:
@@ -208,7 +208,7 @@ def test_rsm_identify_equals_brute_force(tmp_path: Path, policy: str, k: int, op
             expected = _brute_force_rsm(svc, probe, kk, opts)
             got = svc.identify(probe, k=kk).candidates
             assert [m.user for m in got] == [u for u, _, _ in expected]
-            np.testing.assert_allclose([m.score for m in got], [s for _, s, _ in expected], atol=1e-5)
+            np.testing.assert_allclose([m.similarity for m in got], [s for _, s, _ in expected], atol=1e-5)
             np.testing.assert_allclose([-1 if m.rsm is None else m.rsm for m in got],
                                        [-1 if r is None else r for _, _, r in expected], atol=1e-6)
         plain_users = [m.user for m in plain.identify(probe, k=opts.shortlist).candidates]
@@ -254,14 +254,14 @@ def test_rsm_fixes_a_wrong_top1_on_a_toy_gallery(tmp_path: Path) -> None:
     probe = _vec_image(r, 0, *p)
     res = plain.identify(probe, k=2)
     assert [m.user for m in res.candidates] == ["bob", "alice"]  # plain cosine: wrong
-    assert res.candidates[0].score == pytest.approx(r, abs=1e-6)
+    assert res.candidates[0].similarity == pytest.approx(r, abs=1e-6)
     rsm = GalleryService(VectorEmbedder(), store, THRESHOLD, rescore="rsm",
                          rescore_options={"m": None, "alpha": 1.0, "shortlist": 2})
     fixed = rsm.identify(probe, k=2)
     assert [m.user for m in fixed.candidates] == ["alice", "bob"]
     assert [m.rsm for m in fixed.candidates] == pytest.approx([0.278445, 0.328029], abs=1e-5)
     # accepting still compares the cosine score with the cosine threshold: 0.54 >= 0.5
-    assert fixed.user == "alice" and fixed.candidates[0].score == pytest.approx(0.54, abs=1e-6)
+    assert fixed.user == "alice" and fixed.candidates[0].similarity == pytest.approx(0.54, abs=1e-6)
     # with alpha large the direct term dominates and the order is cosine's again
     direct = GalleryService(VectorEmbedder(), store, THRESHOLD, rescore="rsm",
                             rescore_options={"m": None, "alpha": 10.0, "shortlist": 2})
@@ -283,7 +283,7 @@ def test_rsm_options_are_checked(tmp_path: Path) -> None:
     svc = GalleryService(PixelEmbedder(), store, THRESHOLD, rescore="rsm")
     svc.enroll("solo", pattern_images(0, 2))  # one user: no reference is disjoint, direct term only
     (m,) = svc.identify(pattern_images(0, 3)[2]).candidates
-    assert m.rsm == pytest.approx(1.0 * (1 - m.score) / 2, abs=1e-5)
+    assert m.rsm == pytest.approx(1.0 * (1 - m.similarity) / 2, abs=1e-5)
 
 
 # -- face (detect) and face-crop templates never mix -------------------------------------------

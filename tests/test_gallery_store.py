@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biomatch.errors import InputError, NotFoundError
+from biomatch.errors import InputError, NotFoundError, StateError
 from biomatch.gallery.store import PostgresStore, SQLiteStore, TemplateStore, open_store
 
 
@@ -47,9 +47,9 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TemplateSt
     else:
         uri = request.getfixturevalue("pg_uri")
         s = PostgresStore(uri)
-        with s._conn.transaction():  # fresh tables per test
-            s._conn.execute("TRUNCATE biomatch_templates, biomatch_users")
-            s._conn.execute("UPDATE biomatch_meta SET value = 0 WHERE key = 'revision'")
+        with s._pool.connection() as conn, conn.transaction():  # fresh tables per test
+            conn.execute("TRUNCATE biomatch_templates, biomatch_users")
+            conn.execute("UPDATE biomatch_meta SET value = 0 WHERE key = 'revision'")
     yield s
     s.close()
 
@@ -146,3 +146,51 @@ def test_sqlite_is_wal_and_persists(tmp_path: Path) -> None:
         assert [u.user for u in s2.users()] == ["alice"]
         assert s2.revision() == 1
 
+
+
+def test_user_id_trailing_newline_refused(store: TemplateStore) -> None:
+    """Issue #11.5: `^...$` accepted "carl\n" as a user distinct from "carl"."""
+    with pytest.raises(InputError, match="invalid user id"):
+        store.add("carl\n", _vecs(1), "h")
+    assert store.users() == []
+
+
+def test_read_only_open_refuses_to_create(tmp_path: Path) -> None:
+    """A mistyped --store for a read-only command must not create an empty gallery."""
+    missing = tmp_path / "typo" / "g.db"
+    with pytest.raises(NotFoundError, match="no template store"):
+        open_store(missing, create=False)
+    assert not missing.parent.exists()
+    with open_store(missing) as s:  # enrol creates it
+        s.add("alice", _vecs(1), "h")
+    with open_store(missing, create=False) as s:
+        assert [u.user for u in s.users()] == ["alice"]
+
+
+def test_uncreatable_store_folder_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StateError, match="cannot create the folder"):
+        SQLiteStore(blocker / "sub" / "g.db")
+
+
+def test_postgres_reconnects_after_backend_killed(pg_uri: str) -> None:
+    """Issue #11.7: after pg_terminate_backend every call failed until a restart; the pool replaces it."""
+    import psycopg
+
+    s = PostgresStore(pg_uri)
+    try:
+        s.add("alice", _vecs(1), "h")
+        for _ in range(2):  # twice: the replacement connection is itself killed and replaced
+            with psycopg.connect(pg_uri, autocommit=True) as admin:
+                killed = admin.execute(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+                ).fetchone()[0]
+            assert killed >= 1
+            assert "alice" in [u.user for u in s.users()]  # the very next call succeeds
+            s.revision()
+    finally:
+        with s._pool.connection() as conn, conn.transaction():
+            conn.execute("TRUNCATE biomatch_templates, biomatch_users")
+        s.close()

@@ -40,18 +40,20 @@ def test_happy_path(client: TestClient) -> None:
     r = enrol(client, "alice", 1)
     assert r.status_code == 200 and r.json() == {"user": "alice", "added": 2, "templates": 2}
     enrol(client, "bob", 2)
-    users = client.get("/users").json()["users"]
+    users = client.get("/users", headers=AUTH).json()["users"]
     assert [(u["user"], u["templates"]) for u in users] == [("alice", 2), ("bob", 2)]
     v = client.post("/verify", data={"user": "alice"}, files={"file": ("p.png", png(1, 3), "image/png")}).json()
-    assert v["accepted"] and v["distance"] < 0.1 and v["threshold"] == 0.5
+    assert v["accepted"] and v["similarity"] > 0.9 and v["threshold"] == 0.5 and "distance" not in v
     v = client.post("/verify", data={"user": "bob"}, files={"file": ("p.png", png(1, 3), "image/png")}).json()
     assert not v["accepted"]
-    i = client.post("/identify", data={"k": "2"}, files={"file": ("p.jpg", png(2, 3, "JPEG"), "image/jpeg")}).json()
+    i = client.post("/identify", data={"k": "2"}, files={"file": ("p.jpg", png(2, 3, "JPEG"), "image/jpeg")},
+                    headers=AUTH).json()
     assert i["user"] == "bob" and i["label"] == "bob" and [c["user"] for c in i["candidates"]] == ["bob", "alice"]
-    u = client.post("/identify", files={"file": ("p.png", png(7), "image/png")}).json()
+    assert i["candidates"][0]["similarity"] > 0.5 > i["candidates"][1]["similarity"]
+    u = client.post("/identify", files={"file": ("p.png", png(7), "image/png")}, headers=AUTH).json()
     assert u["user"] is None and u["label"] == "unknown"
     assert client.delete("/users/bob", headers=AUTH).json() == {"user": "bob", "deleted_templates": 2}
-    assert [x["user"] for x in client.get("/users").json()["users"]] == ["alice"]
+    assert [x["user"] for x in client.get("/users", headers=AUTH).json()["users"]] == ["alice"]
     assert "/verify" in client.get("/openapi.json").json()["paths"]
     assert client.get("/docs").status_code == 200
     assert "biomatch" in client.get("/").text
@@ -70,12 +72,14 @@ def test_auth(client: TestClient) -> None:
          401, "Unauthorized", "token")
     enrol(client, "alice", 1)
     _err(client.delete("/users/alice"), 401, "Unauthorized", "Bearer")
-    assert len(client.get("/users").json()["users"]) == 1
+    _err(client.get("/users"), 401, "Unauthorized", "Bearer")
+    _err(client.post("/identify", files={"file": ("p.png", png(1), "image/png")}), 401, "Unauthorized", "Bearer")
+    assert len(client.get("/users", headers=AUTH).json()["users"]) == 1
 
 
 def test_bad_inputs_are_clear_json_and_store_nothing(client: TestClient) -> None:
     probe = {"file": ("p.png", png(1), "image/png")}
-    _err(client.post("/identify", files=probe), 409, "StateError", "gallery is empty")
+    _err(client.post("/identify", files=probe, headers=AUTH), 409, "StateError", "gallery is empty")
     _err(client.post("/verify", data={"user": "ghost"}, files=probe), 404, "NotFoundError", "unknown user 'ghost'")
     enrol(client, "alice", 1)
     corrupt = [("files", ("ok.png", png(1, 1), "image/png")), ("files", ("bad.png", png(1)[:80], "image/png"))]
@@ -94,13 +98,13 @@ def test_bad_inputs_are_clear_json_and_store_nothing(client: TestClient) -> None
     _err(client.post("/users/a%2Fb/templates", files=[("files", ("a.png", png(1), "image/png"))], headers=AUTH),
          400 if False else 404, "HTTPError", "Not Found")  # a slash never reaches the handler
     _err(client.post("/users/..x/templates", files=[("files", ("a.png", png(1), "image/png"))], headers=AUTH),
-         400, "InputError", "invalid user id")
+         422, "ValidationError", "user_id: String should match pattern")
     _err(client.post("/verify", files=probe), 422, "ValidationError", "user")
-    _err(client.post("/identify", data={"k": "0"}, files=probe), 422, "ValidationError", "k")
+    _err(client.post("/identify", data={"k": "0"}, files=probe, headers=AUTH), 422, "ValidationError", "k")
     _err(client.delete("/users/ghost", headers=AUTH), 404, "NotFoundError", "unknown user")
     _err(client.post("/identify", content=b"x" * 10, headers={"content-length": str(10**9)}),
          413, "PayloadTooLarge", "limit")
-    users = client.get("/users").json()["users"]
+    users = client.get("/users", headers=AUTH).json()["users"]
     assert [(u["user"], u["templates"]) for u in users] == [("alice", 2)]  # nothing stored by any failure
 
 

@@ -6,9 +6,13 @@ hash of model + preprocessing, else its ``model_hash``). Templates made by anoth
 by the same model on differently prepared inputs (faces detected in photos vs pre-cropped),
 are never compared with this one's embeddings; the error says so.
 
-Scores are cosine similarities (higher = same) and the threshold is a minimum similarity,
-as in biomatch.calibration: accept iff score ≥ threshold. Results also carry the distance
-1 − score, since people read "distance under the limit" more easily.
+One user-facing quantity everywhere (CLI, JSON, HTTP API, web page): the **cosine
+similarity** between the probe's embedding and a user's templates, in [-1, 1], higher = more
+alike. The threshold is a minimum similarity, as in biomatch.calibration: accept iff
+similarity ≥ threshold; a threshold outside [-1, 1] is refused.
+
+``micro_batch=True`` embeds concurrent requests together (biomatch.gallery.batching): one
+``embedder.embed`` call for every image that arrives while the previous batch runs.
 
 Identify can re-rank its shortlist with RSM (``rescore="rsm"``, see ``RSMOptions``): the
 order of the top ``shortlist`` users then follows the RSM dissimilarity, while the accept
@@ -30,6 +34,7 @@ from PIL import Image
 
 from biomatch.data.images import load_image
 from biomatch.errors import BiomatchError, InputError, NotFoundError, StateError
+from biomatch.gallery.batching import MicroBatcher
 from biomatch.gallery.search import SEARCH_KINDS, Searcher, build_searcher
 from biomatch.gallery.store import TemplateStore, UserInfo, validate_user_id
 from biomatch.matching.rsm import draw_references
@@ -78,15 +83,14 @@ class RSMOptions:
 
 @dataclass(frozen=True)
 class Match:
-    """One candidate user with their aggregated similarity and the matching distance.
+    """One candidate user with their aggregated cosine similarity (policy mean or max).
 
     ``rsm``: the user's RSM dissimilarity when identify re-ranked its shortlist with RSM
     (lower = better; None otherwise or outside the shortlist).
     """
 
     user: str
-    score: float
-    distance: float
+    similarity: float
     rsm: float | None = None
 
 
@@ -99,18 +103,17 @@ class EnrollResult:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """1:1 decision: `accepted` iff score ≥ threshold (similarity), i.e. distance ≤ 1 − threshold."""
+    """1:1 decision: `accepted` iff similarity ≥ threshold (both cosine similarities in [-1, 1])."""
 
     user: str
     accepted: bool
-    score: float
-    distance: float
+    similarity: float
     threshold: float
 
 
 @dataclass(frozen=True)
 class IdentifyResult:
-    """1:N decision: `user` is the best candidate if within threshold, else None ("unknown")."""
+    """1:N decision: `user` is the best candidate if its similarity ≥ threshold, else None ("unknown")."""
 
     user: str | None
     threshold: float
@@ -152,11 +155,13 @@ class GalleryService:
         rescorer: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
         rescore: str = "none",
         rescore_options: RSMOptions | dict[str, object] | None = None,
+        micro_batch: bool = False,
+        batch_max: int = 32,
+        batch_wait_s: float = 0.002,
     ) -> None:
         if policy not in ("max", "mean"):
             raise InputError(f"unknown enrolment policy {policy!r}; choose 'max' or 'mean'")
-        if not np.isfinite(threshold):
-            raise InputError(f"threshold must be a finite cosine similarity, got {threshold}")
+        threshold = check_threshold(threshold)
         self.embedder = embedder
         self.store = store
         self.threshold = float(threshold)
@@ -179,6 +184,7 @@ class GalleryService:
                 raise InputError(f"bad RSM options {rescore_options}: {exc}") from exc
         self._lock = threading.Lock()
         self._gallery: _Gallery | None = None
+        self.batcher = MicroBatcher(self._embed_batch, batch_max, batch_wait_s) if micro_batch else None
         if search not in SEARCH_KINDS:
             raise InputError(f"unknown search kind {search!r}; choose one of {', '.join(SEARCH_KINDS)}")
 
@@ -193,14 +199,27 @@ class GalleryService:
         return template_key(self.embedder)
 
     # -- embedding --------------------------------------------------------------------
+    def _embed_batch(self, images: Sequence[Image.Image], names: Sequence[str]) -> np.ndarray:
+        if self._embed_takes_names:  # e.g. FaceEmbedder names the image in "no face found"
+            return np.asarray(self.embedder.embed(list(images), names=list(names)), dtype=np.float32)  # type: ignore[call-arg]
+        return np.asarray(self.embedder.embed(list(images)), dtype=np.float32)
+
+    def close(self) -> None:
+        """Stop the micro-batching worker, if any (the store is the caller's to close)."""
+        if self.batcher is not None:
+            self.batcher.close()
+
     def embed(self, image: ImageLike, name: str = "image") -> np.ndarray:
         """One image → one unit (dim,) vector; errors name the image."""
         try:
-            img = image if isinstance(image, Image.Image) else load_image(image)
-            if self._embed_takes_names:  # e.g. FaceEmbedder names the image in "no face found"
-                out = np.asarray(self.embedder.embed([img], names=[name]), dtype=np.float32)  # type: ignore[call-arg]
+            try:
+                img = image if isinstance(image, Image.Image) else load_image(image)
+            except Image.DecompressionBombError as exc:
+                raise InputError(f"{name}: too many pixels to decode safely ({exc})") from exc
+            if self.batcher is not None:
+                out = self.batcher.embed(img, name)
             else:
-                out = np.asarray(self.embedder.embed([img]), dtype=np.float32)
+                out = self._embed_batch([img], [name])
         except BiomatchError as exc:
             if name in str(exc):  # load_image already named the file
                 raise
@@ -252,8 +271,7 @@ class GalleryService:
             raise StateError(self._mismatch_message(f"user {user!r} has no templates"))
         query = self.embed(image, _name(image, 0))
         score = self._score_user(query, templates.vectors)
-        distance = 1.0 - score
-        return VerifyResult(user, score >= self.threshold, score, distance, self.threshold)
+        return VerifyResult(user, score >= self.threshold, score, self.threshold)
 
     def identify(self, image: ImageLike, k: int = 5) -> IdentifyResult:
         """1:N: top-k users by policy score; the best one if within threshold, else unknown."""
@@ -265,7 +283,7 @@ class GalleryService:
             matches = self._rsm_rerank(gallery, query, self._top_users(gallery, query, max(k, self.rsm.shortlist)))[:k]
         else:
             matches = self._top_users(gallery, query, k)
-        best = matches[0] if matches and matches[0].score >= self.threshold else None
+        best = matches[0] if matches and matches[0].similarity >= self.threshold else None
         return IdentifyResult(best.user if best else None, self.threshold, matches)
 
     def _top_users(self, gallery: _Gallery, query: np.ndarray, k: int) -> list[Match]:
@@ -286,7 +304,7 @@ class GalleryService:
         ranked = list(seen.items())[:k]
         if self.rescorer is not None:
             ranked = self._rescore(query, [u for u, _ in ranked])
-        return [Match(u, s, 1.0 - s) for u, s in ranked]
+        return [Match(u, s) for u, s in ranked]
 
     def _rescore(self, query: np.ndarray, users: list[str]) -> list[tuple[str, float]]:
         """Optional re-scoring of the shortlist (e.g. RSM) with each user's templates."""
@@ -312,7 +330,7 @@ class GalleryService:
                 rel = np.zeros(len(t))
             r = rel + self.rsm.alpha * direct
             value = float(r.mean() if self.policy == "mean" else r.min())
-            scored.append(Match(m.user, m.score, m.distance, value))
+            scored.append(Match(m.user, m.similarity, value))
         order = sorted(range(len(scored)), key=lambda i: (scored[i].rsm, i))
         return [scored[i] for i in order] + tail
 
@@ -361,6 +379,17 @@ class GalleryService:
                 refs, owners = t.vectors[pick].copy(), np.asarray(t.users, dtype=object)[pick]
             self._gallery = _Gallery(rev, labels, len(set(labels)), searcher, refs, owners)
             return self._gallery
+
+
+def check_threshold(threshold: float) -> float:
+    """A threshold is a minimum cosine similarity: a finite number in [-1, 1]."""
+    value = float(threshold)
+    if not math.isfinite(value) or not -1.0 <= value <= 1.0:
+        raise InputError(
+            f"threshold {threshold} is not a cosine similarity: it must be between -1 and 1 "
+            "(accept when similarity >= threshold)"
+        )
+    return value
 
 
 def _user_means(users: list[str], vectors: np.ndarray) -> tuple[list[str], np.ndarray]:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from biomatch.errors import InputError, NotFoundError
-from biomatch.gallery.service import GalleryService, Policy
+from biomatch.gallery.service import GalleryService, Policy, check_threshold
 from biomatch.gallery.store import open_store
 from biomatch.models.embedder import Embedder
 
@@ -25,11 +25,12 @@ def default_store_path() -> Path:
     return (Path(home) if home else Path.home() / ".biomatch") / "gallery.db"
 
 
-def load_embedder(name: str) -> Embedder:
+def load_embedder(name: str, threads: int = 1) -> Embedder:
+    """An embedder by name; ``threads``: onnxruntime intra-op threads of the face models."""
     if name in ("face", "face-crop", "face-int8"):
         from biomatch.faces.embedder import FaceEmbedder
 
-        return FaceEmbedder.default(int8=name == "face-int8", detect=name != "face-crop")
+        return FaceEmbedder.default(int8=name == "face-int8", detect=name != "face-crop", threads=threads)
     if name == "pixels":
         from biomatch.gallery.toy import PixelEmbedder
 
@@ -71,10 +72,15 @@ def build_service(
     search: str = "exact",
     rescore: str = "none",
     rescore_options: dict[str, object] | None = None,
+    *,
+    create: bool = False,
+    micro_batch: bool = False,
+    threads: int = 1,
 ) -> GalleryService:
-    emb = load_embedder(embedder)
-    value = load_threshold(emb, threshold, threshold_file)
+    """``create=False`` (verify, identify): a store that does not exist is an error, not a new file."""
+    emb = load_embedder(embedder, threads=threads)
+    value = check_threshold(load_threshold(emb, threshold, threshold_file))
     return GalleryService(
-        emb, open_store(store or default_store_path()), value, policy=policy, search=search,
-        rescore=rescore, rescore_options=rescore_options,
+        emb, open_store(store or default_store_path(), create=create), value, policy=policy, search=search,
+        rescore=rescore, rescore_options=rescore_options, micro_batch=micro_batch,
     )

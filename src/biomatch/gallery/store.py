@@ -25,12 +25,17 @@ import numpy as np
 
 from biomatch.errors import InputError, NotFoundError, StateError
 
-USER_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+# Anchored with \A ... \Z semantics (fullmatch below): `$` would also accept a trailing "\n".
+# The same text is the `pattern` of user ids in the HTTP API's OpenAPI schema (ECMA-262 `$`
+# matches only at the end there, and pydantic's Rust regex likewise).
+USER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
+USER_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}")
 
 
 def validate_user_id(user: str) -> str:
-    """User ids go into URLs and file listings: 1-64 chars of letters, digits, `_ . @ -`."""
-    if not isinstance(user, str) or not USER_ID_RE.match(user):
+    """User ids go into URLs and file listings: 1-64 chars of letters, digits, `_ . @ -`, nothing else
+    (no trailing newline: the whole string must match)."""
+    if not isinstance(user, str) or not USER_ID_RE.fullmatch(user):
         raise InputError(
             f"invalid user id {user!r}: use 1-64 letters, digits, '_', '.', '@' or '-', "
             "starting with a letter or digit"
@@ -137,12 +142,21 @@ class SQLiteStore(TemplateStore):
     """One SQLite file. WAL + synchronous=FULL: a committed enrolment survives a crash or power cut.
 
     One connection guarded by a lock, so the store can be shared by the threads of a server.
+    ``create=False`` refuses a file that does not exist yet (read-only commands must not turn a
+    mistyped path into a new empty gallery).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, create: bool = True) -> None:
         self.path = Path(path).expanduser()
+        if not create and not self.path.is_file():
+            raise NotFoundError(
+                f"no template store at {self.path}: check --store (only `biomatch enroll` creates a store)"
+            )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot create the folder of template store {self.path}: {exc.strerror or exc}") from exc
+        try:
             self._conn = sqlite3.connect(
                 str(self.path), timeout=30.0, isolation_level=None, check_same_thread=False
             )
@@ -264,61 +278,63 @@ class PostgresStore(TemplateStore):
 
     Vectors are stored as pgvector `vector` values (so the database can index or search them
     too); search itself stays in biomatch so results match the SQLite store exactly.
+
+    Connections come from a ``psycopg_pool.ConnectionPool`` that checks each connection when
+    it is handed out and replaces a dead one (server restart, ``pg_terminate_backend``, a
+    dropped network link), so one lost connection costs no request and never wedges the store.
     """
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, create: bool = True, max_size: int = 4, timeout_s: float = 10.0) -> None:
         try:
             import psycopg
             from pgvector.psycopg import register_vector
+            from psycopg_pool import ConnectionPool, PoolTimeout
         except ImportError as exc:  # pragma: no cover - dependency present in normal installs
-            raise StateError("the PostgreSQL store needs `psycopg` and `pgvector`") from exc
-        try:
-            self._conn = psycopg.connect(dsn, autocommit=True)
-            self._conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            register_vector(self._conn)
-            with self._conn.transaction():
-                self._conn.execute("SELECT pg_advisory_xact_lock(4242)")  # concurrent first opens
-                self._conn.execute(
-                    "CREATE TABLE IF NOT EXISTS biomatch_meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)"
-                )
-                self._conn.execute(
-                    "INSERT INTO biomatch_meta VALUES ('revision', 0), ('schema', 1) ON CONFLICT DO NOTHING"
-                )
-                self._conn.execute(
-                    "CREATE TABLE IF NOT EXISTS biomatch_users (user_id TEXT PRIMARY KEY, created DOUBLE PRECISION NOT NULL)"
-                )
-                self._conn.execute(
-                    "CREATE TABLE IF NOT EXISTS biomatch_templates ("
-                    " id BIGSERIAL PRIMARY KEY,"
-                    " user_id TEXT NOT NULL REFERENCES biomatch_users(user_id) ON DELETE CASCADE,"
-                    " model_hash TEXT NOT NULL, dim INTEGER NOT NULL, vector vector NOT NULL,"
-                    " created DOUBLE PRECISION NOT NULL)"
-                )
-                self._conn.execute(
-                    "CREATE INDEX IF NOT EXISTS biomatch_templates_model ON biomatch_templates(model_hash, user_id, id)"
-                )
+            raise StateError("the PostgreSQL store needs `psycopg`, `psycopg_pool` and `pgvector`") from exc
+        try:  # schema first, on a plain connection: the pool's configure step needs the `vector` type
+            with psycopg.connect(dsn, autocommit=True, connect_timeout=int(timeout_s)) as conn:
+                exists = conn.execute("SELECT to_regclass('biomatch_meta') IS NOT NULL").fetchone()[0]  # type: ignore[index]
+                if not exists and not create:
+                    raise NotFoundError(
+                        "no biomatch template store in this PostgreSQL database: check --store "
+                        "(only `biomatch enroll` creates a store)"
+                    )
+                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(4242)")  # concurrent first opens
+                    for sql in _PG_SCHEMA:
+                        conn.execute(sql)
         except psycopg.Error as exc:
             raise StateError(f"cannot open PostgreSQL template store: {exc}") from exc
-        self._lock = threading.RLock()
+        self._pool = ConnectionPool(
+            dsn, min_size=1, max_size=max_size, kwargs={"autocommit": True}, configure=register_vector,
+            check=ConnectionPool.check_connection, timeout=timeout_s, open=False, name="biomatch-store",
+        )
+        try:
+            self._pool.open(wait=True, timeout=timeout_s)
+        except PoolTimeout as exc:
+            self._pool.close()
+            raise StateError(f"cannot open PostgreSQL template store: {exc}") from exc
         self.dsn = dsn
+
+    def _connection(self):  # noqa: ANN202 - a context manager yielding a checked psycopg connection
+        return self._pool.connection()
 
     def add(self, user: str, vectors: np.ndarray, model_hash: str) -> list[int]:
         validate_user_id(user)
         arr = _check_vectors(vectors, model_hash)
         now = time.time()
-        with self._lock, self._conn.transaction():
-            self._conn.execute(
-                "INSERT INTO biomatch_users VALUES (%s, %s) ON CONFLICT DO NOTHING", (user, now)
-            )
+        with self._connection() as conn, conn.transaction():
+            conn.execute("INSERT INTO biomatch_users VALUES (%s, %s) ON CONFLICT DO NOTHING", (user, now))
             ids = []
             for row in arr:
-                cur = self._conn.execute(
+                cur = conn.execute(
                     "INSERT INTO biomatch_templates(user_id, model_hash, dim, vector, created) "
                     "VALUES (%s,%s,%s,%s,%s) RETURNING id",
                     (user, model_hash, arr.shape[1], row, now),
                 )
                 ids.append(int(cur.fetchone()[0]))  # type: ignore[index]
-            self._conn.execute("UPDATE biomatch_meta SET value = value + 1 WHERE key = 'revision'")
+            conn.execute("UPDATE biomatch_meta SET value = value + 1 WHERE key = 'revision'")
         return ids
 
     def templates(self, model_hash: str, user: str | None = None) -> Templates:
@@ -327,13 +343,13 @@ class PostgresStore(TemplateStore):
         if user is not None:
             sql += " AND user_id = %s"
             args += (user,)
-        with self._lock:
-            rows = self._conn.execute(sql + " ORDER BY user_id, id", args).fetchall()
+        with self._connection() as conn:
+            rows = conn.execute(sql + " ORDER BY user_id, id", args).fetchall()
         return _to_templates([(r[0], r[1], r[2], _pg_array(r[3])) for r in rows])
 
     def users(self) -> list[UserInfo]:
-        with self._lock:
-            rows = self._conn.execute(
+        with self._connection() as conn:
+            rows = conn.execute(
                 "SELECT u.user_id, u.created, COUNT(t.id), STRING_AGG(DISTINCT t.model_hash, ',') "
                 "FROM biomatch_users u LEFT JOIN biomatch_templates t ON t.user_id = u.user_id "
                 "GROUP BY u.user_id ORDER BY u.user_id COLLATE \"C\""
@@ -341,38 +357,43 @@ class PostgresStore(TemplateStore):
         return _to_user_infos(rows)
 
     def has_user(self, user: str) -> bool:
-        with self._lock:
-            return (
-                self._conn.execute("SELECT 1 FROM biomatch_users WHERE user_id = %s", (user,)).fetchone()
-                is not None
-            )
+        with self._connection() as conn:
+            return conn.execute("SELECT 1 FROM biomatch_users WHERE user_id = %s", (user,)).fetchone() is not None
 
     def delete_user(self, user: str) -> int:
-        with self._lock, self._conn.transaction():
-            if not self._conn.execute(
-                "SELECT 1 FROM biomatch_users WHERE user_id = %s FOR UPDATE", (user,)
-            ).fetchone():
+        with self._connection() as conn, conn.transaction():
+            if not conn.execute("SELECT 1 FROM biomatch_users WHERE user_id = %s FOR UPDATE", (user,)).fetchone():
                 raise NotFoundError(f"unknown user {user!r}")
-            n = self._conn.execute("DELETE FROM biomatch_templates WHERE user_id = %s", (user,)).rowcount
-            self._conn.execute("DELETE FROM biomatch_users WHERE user_id = %s", (user,))
-            self._conn.execute("UPDATE biomatch_meta SET value = value + 1 WHERE key = 'revision'")
+            n = conn.execute("DELETE FROM biomatch_templates WHERE user_id = %s", (user,)).rowcount
+            conn.execute("DELETE FROM biomatch_users WHERE user_id = %s", (user,))
+            conn.execute("UPDATE biomatch_meta SET value = value + 1 WHERE key = 'revision'")
         return int(n)
 
     def model_hashes(self) -> dict[str, int]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT model_hash, COUNT(*) FROM biomatch_templates GROUP BY model_hash"
-            ).fetchall()
+        with self._connection() as conn:
+            rows = conn.execute("SELECT model_hash, COUNT(*) FROM biomatch_templates GROUP BY model_hash").fetchall()
         return {h: int(n) for h, n in rows}
 
     def revision(self) -> int:
-        with self._lock:
-            row = self._conn.execute("SELECT value FROM biomatch_meta WHERE key = 'revision'").fetchone()
+        with self._connection() as conn:
+            row = conn.execute("SELECT value FROM biomatch_meta WHERE key = 'revision'").fetchone()
         return int(row[0])  # type: ignore[index]
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        self._pool.close()
+
+
+_PG_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS biomatch_meta (key TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+    "INSERT INTO biomatch_meta VALUES ('revision', 0), ('schema', 1) ON CONFLICT DO NOTHING",
+    "CREATE TABLE IF NOT EXISTS biomatch_users (user_id TEXT PRIMARY KEY, created DOUBLE PRECISION NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS biomatch_templates ("
+    " id BIGSERIAL PRIMARY KEY,"
+    " user_id TEXT NOT NULL REFERENCES biomatch_users(user_id) ON DELETE CASCADE,"
+    " model_hash TEXT NOT NULL, dim INTEGER NOT NULL, vector vector NOT NULL,"
+    " created DOUBLE PRECISION NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS biomatch_templates_model ON biomatch_templates(model_hash, user_id, id)",
+)
 
 
 def _pg_array(value: Any) -> np.ndarray:
@@ -381,9 +402,12 @@ def _pg_array(value: Any) -> np.ndarray:
     return np.asarray(to_numpy() if to_numpy else value, dtype=np.float32)
 
 
-def open_store(location: str | Path) -> TemplateStore:
-    """A `postgresql://` URI opens PostgresStore; anything else is a SQLite file path."""
+def open_store(location: str | Path, create: bool = True) -> TemplateStore:
+    """A `postgresql://` URI opens PostgresStore; anything else is a SQLite file path.
+
+    ``create=False``: NotFoundError when no store exists there yet (read-only callers).
+    """
     text = str(location)
     if text.startswith(("postgresql://", "postgres://")):
-        return PostgresStore(text)
-    return SQLiteStore(text)
+        return PostgresStore(text, create=create)
+    return SQLiteStore(text, create=create)

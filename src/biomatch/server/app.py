@@ -1,33 +1,44 @@
 """HTTP API for unlock and identification: FastAPI over a GalleryService.
 
-Every error is JSON `{"error": <kind>, "detail": <message for a person>}`. Enrol and delete
-need the bearer token; uploads are bounded in bytes, pixels and format; repeated failed
-verify attempts against one user are throttled (429) so the API is no oracle for guessing.
+Every error is JSON ``{"error": <kind>, "detail": <message for a person>}``, 422 included, and
+every status a route can answer is in its OpenAPI entry. Scores are cosine similarities in
+[-1, 1] (higher = more alike); verify accepts when similarity >= threshold.
+
+Security: enrol, delete, listing users and identify need ``Authorization: Bearer <token>``
+(an HTTP bearer security scheme in the OpenAPI document); verify — the unlock itself — does
+not. Bodies are bounded while they stream in (biomatch.server.limits), uploads are bounded in
+bytes, pixels and format, and guessing is limited per (user, client) and per client,
+atomically (biomatch.server.ratelimit).
 """
 
 from __future__ import annotations
 
 import hmac
 import io
-import threading
-import time
-from collections import deque
+import re
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Path, Request, Security, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from biomatch.data.images import load_image
 from biomatch.errors import BiomatchError, InputError, NotFoundError, StateError
 from biomatch.gallery.service import GalleryService
+from biomatch.gallery.store import USER_ID_PATTERN
+from biomatch.server.limits import BodyLimitMiddleware
+from biomatch.server.ratelimit import AttemptLimiter, Throttled
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP"})
 MAX_PIXELS = 40_000_000  # refuse decompression bombs before decoding
+FORM_OVERHEAD = 64 << 10  # multipart boundaries and small fields around the files
+_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 class ApiError(Exception):
@@ -38,38 +49,93 @@ class ApiError(Exception):
         self.status, self.kind, self.detail, self.headers = status, kind, detail, headers
 
 
-class FailedAttempts:
-    """Sliding-window count of rejected verify attempts per user (thread-safe)."""
+UserId = Annotated[str, Path(pattern=USER_ID_PATTERN, min_length=1, max_length=64,
+                             description="1-64 letters, digits, '_', '.', '@' or '-', starting with a letter or digit")]
+VerifyUser = Annotated[str, Form(pattern=USER_ID_PATTERN, min_length=1, max_length=64)]
 
-    def __init__(self, max_failures: int, window_s: float) -> None:
-        self.max_failures, self.window_s = max_failures, window_s
-        self._log: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
 
-    def retry_after(self, user: str, now: float | None = None) -> float:
-        """Seconds until `user` may try again (0 when not locked)."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            log = self._log.get(user)
-            if not log:
-                return 0.0
-            while log and now - log[0] > self.window_s:
-                log.popleft()
-            return self.window_s - (now - log[0]) if len(log) >= self.max_failures else 0.0
+# -- response models (the OpenAPI document is generated from these) -------------------------
+class ErrorBody(BaseModel):
+    error: str = Field(description="kind of error, e.g. InputError, Unauthorized, ValidationError")
+    detail: str = Field(description="what was wrong, for a person")
 
-    def record(self, user: str, accepted: bool) -> None:
-        with self._lock:
-            if accepted:
-                self._log.pop(user, None)
-            else:
-                log = self._log.setdefault(user, deque())
-                log.append(time.monotonic())
-                while len(log) > self.max_failures:
-                    log.popleft()
+
+class Health(BaseModel):
+    status: str
+    embedder: str
+    model_hash: str
+    dim: int
+    threshold: float = Field(description="minimum cosine similarity to accept")
+    policy: str
+    search: str
+    users: int
+
+
+class UserOut(BaseModel):
+    user: str
+    templates: int
+    models: list[str]
+    created: float
+
+
+class UserList(BaseModel):
+    users: list[UserOut]
+
+
+class Enrolled(BaseModel):
+    user: str
+    added: int
+    templates: int
+
+
+class Deleted(BaseModel):
+    user: str
+    deleted_templates: int
+
+
+class Verified(BaseModel):
+    user: str
+    accepted: bool = Field(description="similarity >= threshold")
+    similarity: float = Field(ge=-1.0, le=1.0, description="cosine similarity of the probe to the user's templates")
+    threshold: float = Field(ge=-1.0, le=1.0, description="minimum cosine similarity to accept")
+
+
+class Candidate(BaseModel):
+    user: str
+    similarity: float = Field(ge=-1.0, le=1.0)
+
+
+class Identified(BaseModel):
+    user: str | None = Field(description="best candidate if its similarity >= threshold, else null")
+    label: str = Field(description='the user, or "unknown"')
+    threshold: float
+    candidates: list[Candidate]
+
+
+_MEANING = {
+    400: "bad input (unreadable image, too many pixels, bad form)",
+    401: "missing or wrong bearer token",
+    404: "unknown user",
+    409: "the stored state forbids it (empty gallery, templates of another model)",
+    411: "no Content-Length header",
+    413: "body or file over the size limit",
+    415: "image format not accepted",
+    422: "request does not match this schema",
+    429: "too many failed attempts (Retry-After says when to try again)",
+    503: "template store unavailable",
+}
+
+
+def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": ErrorBody, "description": _MEANING[c]} for c in codes}
 
 
 def _error(status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": kind, "detail": detail}, status_code=status, headers=headers)
+    return JSONResponse({"error": kind, "detail": _REPR.sub("<data>", detail)}, status_code=status, headers=headers)
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 def create_app(
@@ -79,16 +145,33 @@ def create_app(
     max_upload_bytes: int = 8 << 20,
     max_files: int = 20,
     max_failed_verifies: int = 5,
+    max_client_failures: int = 20,
     failure_window_s: float = 300.0,
+    protect_reads: bool = True,
 ) -> FastAPI:
-    """The app. `token=None` leaves enrol/delete open: only for tests and local demos."""
+    """The app. ``token=None`` leaves every route open: only for tests and local demos.
+
+    ``protect_reads``: listing users and identify need the token too (default).
+    """
     app = FastAPI(
         title="biomatch unlock & identify",
-        version="1",
-        description="Enrol users from a few images, verify (unlock) one user, identify among all users.",
+        version="2",
+        description=(
+            "Enrol users from a few images, verify (unlock) one user, identify among all users. "
+            "Scores are cosine similarities in [-1, 1]; verify accepts when similarity >= threshold."
+        ),
     )
-    failures = FailedAttempts(max_failed_verifies, failure_window_s)
-    app.state.service, app.state.failures = service, failures
+    limiter = AttemptLimiter(max_failed_verifies, max_client_failures, failure_window_s)
+    app.state.service, app.state.limiter = service, limiter
+    single = max_upload_bytes + FORM_OVERHEAD
+    many = max_upload_bytes * max_files + FORM_OVERHEAD
+
+    def limit_for(path: str) -> int:
+        if path.startswith("/users/") and path.endswith("/templates"):
+            return many
+        return single if path in ("/verify", "/identify") else FORM_OVERHEAD
+
+    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
 
     @app.exception_handler(BiomatchError)
     async def _biomatch_error(_: Request, exc: BiomatchError) -> JSONResponse:
@@ -109,26 +192,36 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, "HTTPError", str(exc.detail))
+        return _error(exc.status_code, "HTTPError", str(exc.detail), dict(exc.headers or {}))  # keeps 405's Allow
 
-    @app.middleware("http")
-    async def _body_limit(request: Request, call_next: Any) -> Any:
-        """Refuse oversized bodies from their header, before any multipart parsing."""
-        if request.method in ("POST", "PUT"):
-            length = request.headers.get("content-length")
-            if length is None:
-                return _error(411, "LengthRequired", "send a Content-Length header")
-            if not length.isdigit() or int(length) > max_upload_bytes * max_files + (64 << 10):
-                return _error(413, "PayloadTooLarge", f"request body over the limit ({length} bytes)")
-        return await call_next(request)
+    _store_errors: list[type[BaseException]] = []
+    try:
+        import psycopg
 
-    def require_token(authorization: Annotated[str | None, Header()] = None) -> None:
-        if token is None:
-            return
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not given or not hmac.compare_digest(given.encode(), token.encode()):
-            raise ApiError(401, "Unauthorized", "enrolment and deletion need 'Authorization: Bearer <token>'",
+        _store_errors.append(psycopg.OperationalError)
+    except ImportError:  # pragma: no cover
+        pass
+    import sqlite3
+
+    _store_errors.append(sqlite3.OperationalError)
+    for err_type in _store_errors:
+
+        @app.exception_handler(err_type)
+        async def _store_down(_: Request, exc: Exception) -> JSONResponse:
+            return _error(503, "StoreUnavailable", "template store unavailable; retry shortly", {"Retry-After": "1"})
+
+    bearer = HTTPBearer(auto_error=False, description="the server's token (`biomatch serve --token`)")
+
+    def require_token(creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:  # noqa: B008
+        given = creds.credentials if creds is not None else ""
+        if not given or not hmac.compare_digest(given.encode(), (token or "").encode()):
+            raise ApiError(401, "Unauthorized", "this needs 'Authorization: Bearer <token>' with the server's token",
                            {"WWW-Authenticate": "Bearer"})
+
+    admin = [Depends(require_token)] if token is not None else []
+    reads = admin if protect_reads else []
+    auth_codes = (401,) if token is not None else ()
+    read_codes = auth_codes if protect_reads else ()
 
     def read_image(upload: UploadFile) -> Image.Image:
         """Bounded read, format whitelist, pixel bound, then a full decode (clear error if corrupt)."""
@@ -141,8 +234,10 @@ def create_app(
         try:
             with Image.open(io.BytesIO(data)) as probe:
                 fmt, (w, h) = probe.format, probe.size
+        except UnidentifiedImageError as exc:
+            raise InputError(f"{name}: not a readable image (unknown or corrupt format)") from exc
         except Exception as exc:  # noqa: BLE001 - PIL raises many types for junk
-            raise InputError(f"{name}: not a readable image ({exc})") from exc
+            raise InputError(f"{name}: not a readable image ({type(exc).__name__})") from exc
         if fmt not in ALLOWED_FORMATS:
             raise ApiError(415, "UnsupportedMediaType",
                            f"{name}: format {fmt} not accepted; use {', '.join(sorted(ALLOWED_FORMATS))}")
@@ -150,10 +245,14 @@ def create_app(
             raise InputError(f"{name}: {w}x{h} pixels is over the limit of {MAX_PIXELS}")
         try:
             return load_image(data)
-        except InputError as exc:
-            raise InputError(f"{name}: {exc}") from exc
+        except (InputError, Image.DecompressionBombError) as exc:
+            raise InputError(f"{name}: not a readable image ({_REPR.sub('<data>', str(exc))})") from exc
 
-    @app.get("/health")
+    def throttled(exc: Throttled) -> ApiError:
+        return ApiError(429, "TooManyFailedAttempts", f"{exc.reason}; retry in {exc.retry_after:.0f} s",
+                        {"Retry-After": str(int(exc.retry_after) + 1)})
+
+    @app.get("/health", response_model=Health, responses=_responses(503))
     def health() -> dict[str, Any]:
         """Liveness plus what the service runs: embedder, model hash, threshold, policy."""
         emb = service.embedder
@@ -161,13 +260,16 @@ def create_app(
                 "threshold": service.threshold, "policy": service.policy, "search": service.search_kind,
                 "users": len(service.users())}
 
-    @app.get("/users")
+    @app.get("/users", response_model=UserList, dependencies=reads, responses=_responses(*read_codes, 503))
     def list_users() -> dict[str, Any]:
+        """Every enrolled user with their template count (needs the token)."""
         return {"users": [{"user": u.user, "templates": u.n_templates, "models": list(u.model_hashes),
                            "created": u.created} for u in service.users()]}
 
-    @app.post("/users/{user_id}/templates", dependencies=[Depends(require_token)])
-    def enroll(user_id: str, files: Annotated[list[UploadFile], File(description="1-20 face images")]) -> dict[str, Any]:
+    @app.post("/users/{user_id}/templates", response_model=Enrolled, dependencies=admin,
+              responses=_responses(400, *auth_codes, 409, 411, 413, 415, 422, 503))
+    def enroll(user_id: UserId,
+               files: Annotated[list[UploadFile], File(description="1-20 face images")]) -> dict[str, Any]:
         """Add templates for a user (created if new). All images are checked before any is stored."""
         if len(files) > max_files:
             raise InputError(f"at most {max_files} images per request, got {len(files)}")
@@ -175,29 +277,60 @@ def create_app(
         res = service.enroll(user_id, images)
         return {"user": res.user, "added": res.added, "templates": res.total}
 
-    @app.delete("/users/{user_id}", dependencies=[Depends(require_token)])
-    def delete(user_id: str) -> dict[str, Any]:
+    @app.delete("/users/{user_id}", response_model=Deleted, dependencies=admin,
+                responses=_responses(*auth_codes, 404, 422, 503))
+    def delete(user_id: UserId) -> dict[str, Any]:
+        """Delete a user and all their templates."""
         return {"user": user_id, "deleted_templates": service.delete(user_id)}
 
-    @app.post("/verify")
-    def verify(user: Annotated[str, Form()], file: Annotated[UploadFile, File()]) -> dict[str, Any]:
-        """1:1 unlock: accepted iff score ≥ threshold (cosine similarity); distance = 1 − score."""
-        wait = failures.retry_after(user)
-        if wait > 0:
-            raise ApiError(429, "TooManyFailedAttempts",
-                           f"too many failed verify attempts for {user!r}; retry in {wait:.0f} s",
-                           {"Retry-After": str(int(wait) + 1)})
-        res = service.verify(user, read_image(file))
-        failures.record(user, res.accepted)
-        return {"user": res.user, "accepted": res.accepted, "score": res.score, "distance": res.distance,
-                "threshold": res.threshold}
+    @app.post("/verify", response_model=Verified,
+              responses=_responses(400, 404, 409, 411, 413, 415, 422, 429, 503))
+    def verify(request: Request,
+               user: VerifyUser,
+               file: Annotated[UploadFile, File()]) -> dict[str, Any]:
+        """1:1 unlock: accepted iff the cosine similarity to the user's templates >= threshold.
 
-    @app.post("/identify")
-    def identify(file: Annotated[UploadFile, File()], k: Annotated[int, Form(ge=1, le=100)] = 5) -> dict[str, Any]:
-        """1:N: the best user if their score clears the threshold, else "unknown"; plus the top k."""
-        res = service.identify(read_image(file), k=k)
+        Limited per (user, client) and per client: a failed attempt (rejected face or unknown
+        user) counts, and attempts in flight are reserved before the face is scored.
+        """
+        image = read_image(file)
+        try:
+            ticket = limiter.acquire_verify(user, _client(request))
+        except Throttled as exc:
+            raise throttled(exc) from exc
+        outcome = "error"
+        try:
+            res = service.verify(user, image)
+            outcome = "accepted" if res.accepted else "failed"
+        except NotFoundError:
+            outcome = "failed"  # probing for user ids costs attempts too
+            raise
+        finally:
+            limiter.release(ticket, outcome)
+        return {"user": res.user, "accepted": res.accepted, "similarity": res.similarity, "threshold": res.threshold}
+
+    @app.post("/identify", response_model=Identified, dependencies=reads,
+              responses=_responses(400, *read_codes, 409, 411, 413, 415, 422, 429, 503))
+    def identify(request: Request, file: Annotated[UploadFile, File()],
+                 k: Annotated[int, Form(ge=1, le=100)] = 5) -> dict[str, Any]:
+        """1:N: the best user if their similarity clears the threshold, else "unknown"; plus the top k.
+
+        Needs the token; an identify that names nobody counts against the client's failure
+        budget, and a client locked out of any user cannot identify until the lock expires.
+        """
+        image = read_image(file)
+        try:
+            ticket = limiter.acquire_identify(_client(request))
+        except Throttled as exc:
+            raise throttled(exc) from exc
+        outcome = "error"
+        try:
+            res = service.identify(image, k=k)
+            outcome = "accepted" if res.user else "failed"
+        finally:
+            limiter.release(ticket, outcome)
         return {"user": res.user, "label": res.user or "unknown", "threshold": res.threshold,
-                "candidates": [{"user": m.user, "score": m.score, "distance": m.distance} for m in res.candidates]}
+                "candidates": [{"user": m.user, "similarity": m.similarity} for m in res.candidates]}
 
     static = resources.files("biomatch") / "server" / "static"
 

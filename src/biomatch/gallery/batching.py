@@ -1,0 +1,113 @@
+"""Micro-batching: concurrent requests share one ``embedder.embed(list_of_images)`` call.
+
+A server answering many verify requests at once would otherwise run one model forward per
+request, each with its own per-call overhead and its own small matrix products. Here request
+threads put their image on a queue and wait; one worker thread takes everything queued (up to
+``max_batch``, waiting at most ``max_wait_s`` for more after the first) and embeds it in one
+call, then hands each thread its row. If the batched call fails (e.g. no face in one image),
+the batch is re-run image by image so each request gets its own result or its own error.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+EmbedFn = Callable[[Sequence[Image.Image], Sequence[str]], np.ndarray]
+
+
+@dataclass
+class _Job:
+    image: Image.Image
+    name: str
+    future: Future[np.ndarray] = field(default_factory=Future)
+
+
+class MicroBatcher:
+    """Collects images from many threads into batches for one embed function (thread-safe)."""
+
+    def __init__(self, embed: EmbedFn, max_batch: int = 32, max_wait_s: float = 0.002) -> None:
+        if max_batch < 1 or max_wait_s < 0:
+            raise ValueError("max_batch must be >= 1 and max_wait_s >= 0")
+        self._embed, self.max_batch, self.max_wait_s = embed, max_batch, max_wait_s
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.batches = 0  # statistics, for tests and the load benchmark
+        self.images = 0
+
+    def embed(self, image: Image.Image, name: str) -> np.ndarray:
+        """Embed one image (as a row of some batch); re-raises that image's own error."""
+        self._ensure_worker()
+        job = _Job(image, name)
+        self._queue.put(job)
+        return job.future.result()
+
+    def close(self) -> None:
+        """Stop the worker (queued jobs are still answered first)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _ensure_worker(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="biomatch-microbatch", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, stop = [first], False
+            deadline = time.monotonic() + self.max_wait_s
+            while len(batch) < self.max_batch:
+                try:  # take what is already queued; then wait briefly for more
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    try:
+                        job = self._queue.get(timeout=left)
+                    except queue.Empty:
+                        break
+                if job is None:
+                    stop = True
+                    break
+                batch.append(job)
+            self._process(batch)
+            if stop:
+                return
+
+    def _process(self, batch: list[_Job]) -> None:
+        self.batches += 1
+        self.images += len(batch)
+        try:
+            out = np.asarray(self._embed([j.image for j in batch], [j.name for j in batch]), dtype=np.float32)
+            if out.ndim != 2 or out.shape[0] != len(batch):
+                raise ValueError(f"embedder returned shape {out.shape} for {len(batch)} images")
+        except Exception as exc:  # noqa: BLE001 - one bad image must not fail its neighbours: retry one by one
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            for job in batch:
+                self._answer_alone(job)
+            return
+        for job, row in zip(batch, out):
+            job.future.set_result(row[None, :])
+
+    def _answer_alone(self, job: _Job) -> None:
+        try:
+            job.future.set_result(np.asarray(self._embed([job.image], [job.name]), dtype=np.float32))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting request thread
+            job.future.set_exception(exc)
