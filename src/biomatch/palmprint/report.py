@@ -55,11 +55,10 @@ def write_plots(ss: SessionScores, pair_set: PairSet, rsm: RSM, out_dir: Path, p
             )
         )
     n_fixed = sum(p.rsm_correct for p in pairs)
-    paths.append(
-        plot_trouble_pairs(
-            pairs, out / f"{prefix}_trouble.png",
-            f"{title}\n{len(all_wrong)} pairs wrong at the plain EER threshold, RSM (at its own EER\n"
-            f"threshold) fixes {int(fixed.sum())} of them; {len(wrong)} shown ({n_fixed} fixed)",
-        )
+    caption = (
+        f"{title}\n{len(all_wrong)} pairs wrong at the plain EER threshold, RSM (at its own EER\n"
+        f"threshold) fixes {int(fixed.sum())} of them; {len(wrong)} shown ({n_fixed} fixed)"
+        if len(all_wrong) else title  # the figure itself says that there is nothing to show
     )
+    paths.append(plot_trouble_pairs(pairs, out / f"{prefix}_trouble.png", caption))
     return paths

@@ -42,6 +42,12 @@ def plot_curves(series: Mapping[str, Sequence[float]], path: str | Path, *, titl
             ax.plot(x[j], y[j], "o", color=cmap(i % 10), ms=7, mfc="none")
     if logy:
         ax.set_yscale("log")
+        # plain numbers ("0.4", "1") instead of mixed "4x10^-1" / "10^0"; in-between (minor) ticks
+        # are labelled only when the axis spans less than a decade, else they would overlap
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        lo, hi = ax.get_ylim()
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain if hi / lo < 10 else matplotlib.ticker.NullFormatter())
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel + (" (÷ epoch 1)" if relative else ""))
