@@ -2,8 +2,11 @@
 
 A threshold only means something for the exact weights (and preprocessing) that produced
 the scores it was chosen on, so the artifact records the model file's hash and loading it
-for any other model raises StateError naming both hashes. Scores are cosine similarities
-(higher = same person); a probe is accepted when ``score >= threshold``.
+for any other model raises StateError naming both hashes; it also records the whole
+preprocessing pipeline (detection, alignment, normalization), which is required and must match.
+Scores are cosine similarities in [-1, 1] (higher = same person); a probe is accepted when
+``score >= threshold``, so an artifact must hold a threshold in (-1, 1]: -1 or below would
+accept every probe (an impostor unlocks) and is refused, as is one without its preprocessing.
 """
 
 from __future__ import annotations
@@ -81,10 +84,23 @@ def calibrate(
     )
 
 
-def threshold_path(model_path: str | Path) -> Path:
-    """``<model stem>.threshold.json`` in the model's folder."""
+def threshold_path(model_path: str | Path, variant: str | None = None) -> Path:
+    """``<model stem>[.<variant>].threshold.json`` in the model's folder (variant: e.g. "crop")."""
     model_path = Path(model_path)
-    return model_path.with_name(model_path.stem + SUFFIX)
+    return model_path.with_name(model_path.stem + (f".{variant}" if variant else "") + SUFFIX)
+
+
+def validate_threshold_value(value: float, what: str = "threshold") -> float:
+    """A cosine-similarity threshold must be a finite number in (-1, 1]: -1 or less accepts every
+    probe, above 1 rejects every probe. InputError otherwise."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} must be a number (cosine similarity in (-1, 1]), got {value!r}") from exc
+    if not np.isfinite(v) or not -1.0 < v <= 1.0:
+        raise InputError(f"{what} {value!r} is outside (-1, 1]: a cosine-similarity threshold there would "
+                         f"{'accept every probe' if v <= -1 else 'reject every probe'}")
+    return v
 
 
 def save_threshold(threshold: Threshold, path: str | Path) -> Path:
@@ -105,8 +121,9 @@ def load_threshold(
 ) -> Threshold:
     """Read an artifact, refusing it unless it was calibrated for this model (and preprocessing).
 
-    Raises NotFoundError (no file), InputError (not a threshold artifact) and StateError
-    (calibrated for another model hash or another preprocessing).
+    Raises NotFoundError (no file), InputError (not a threshold artifact, threshold outside
+    (-1, 1], preprocessing not recorded) and StateError (calibrated for another model hash or
+    another preprocessing). Pass ``preprocess`` whenever the caller knows it (face embedders do).
     """
     path = Path(path)
     if not path.is_file():
@@ -114,9 +131,13 @@ def load_threshold(
     try:
         raw = json.loads(path.read_text())
         th = Threshold(**raw)
-        float(th.threshold)
     except (json.JSONDecodeError, TypeError, ValueError) as exc:
         raise InputError(f"{path} is not a threshold artifact: {exc}") from exc
+    if isinstance(th.threshold, bool) or not isinstance(th.threshold, (int, float)):
+        raise InputError(f"{path}: threshold must be a number, got {th.threshold!r}")
+    validate_threshold_value(th.threshold, f"{path}: threshold")
+    if not isinstance(th.model_sha256, str) or len(th.model_sha256) != 64:
+        raise InputError(f"{path}: model_sha256 must be a 64-hex-digit SHA-256, got {th.model_sha256!r}")
     if th.metric != METRIC:
         raise InputError(f"{path}: threshold is for {th.metric!r}, expected {METRIC!r}")
     if th.model_sha256 != model_sha256:
@@ -124,10 +145,15 @@ def load_threshold(
             f"threshold {path} was calibrated for model sha256 {th.model_sha256}, "
             f"but the model in use has sha256 {model_sha256}; recalibrate with `biomatch calibrate`"
         )
-    if preprocess is not None and th.preprocess is not None and _canon(th.preprocess) != _canon(preprocess):
+    if not isinstance(th.preprocess, dict) or not th.preprocess:
+        raise InputError(f"{path}: preprocess is missing; the artifact must record the preprocessing it was "
+                         "calibrated with; recalibrate with `biomatch calibrate`")
+    if preprocess is not None and _canon(th.preprocess) != _canon(preprocess):
+        keys = sorted(k for k in set(th.preprocess) | set(preprocess) if th.preprocess.get(k) != preprocess.get(k))
         raise StateError(
-            f"threshold {path} was calibrated with preprocessing {th.preprocess}, "
-            f"but the embedder uses {preprocess}; recalibrate with `biomatch calibrate`"
+            f"threshold {path} was calibrated with another preprocessing (differs in: {', '.join(keys)}; "
+            f"artifact input {th.preprocess.get('input', 'unrecorded')!r}, embedder input "
+            f"{preprocess.get('input', 'unrecorded')!r}); recalibrate with `biomatch calibrate`"
         )
     return th
 
