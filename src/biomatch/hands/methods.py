@@ -7,6 +7,7 @@ mode warms the head up on cached features, then trains backbone + head on images
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -360,17 +361,36 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
     leaves = model_leaves(head)
     bounds = np.cumsum([0, *in_dims])
     history = History()
-    for b, j, leaf in leaves:
+    from biomatch.hands.stacked import fit_stacked, stackable, stderr_progress
+
+    single = len(leaves) == 1
+    needs_val = bool(val) and cfg.mode == "frozen" and single
+    if (cfg.mode == "frozen" and not cfg.flip_augment and not needs_val and checkpoint is None
+            and stackable([leaf for _, _, leaf in leaves])):
+        # every head at once, same training as the loop below (biomatch.hands.stacked)
+        seeds = [split.seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE for b, j, _ in leaves]
+        canon_t = torch.from_numpy(canon)
+        inputs = [canon_t[:, bounds[b]:bounds[b + 1]] for b, _, _ in leaves]
+        samplers = [_make_sampler(cfg, train, labels, seed) for seed in seeds]
+        loud = progress and not sys.stderr.isatty()
+        histories = fit_stacked([leaf for _, _, leaf in leaves], inputs, samplers, torch.as_tensor(labels),
+                                torch.as_tensor(_views(train)), objective,
+                                TrainConfig(**{**tcfg.__dict__, "epochs": head_epochs}),
+                                stderr_progress if loud else None)
+        history = histories[0]
+        leaves_to_fit = []
+    else:
+        leaves_to_fit = leaves
+    for b, j, leaf in leaves_to_fit:
         seed = split.seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE
         lo, hi = bounds[b], bounds[b + 1]
         dataset = FeatureDataset(np.ascontiguousarray(canon[:, lo:hi]),
                                  None if alt is None else np.ascontiguousarray(alt[:, lo:hi]),
                                  labels, _views(train), cfg.flip_augment, seed)
         # validation embeds through the whole structure, so only a lone head validates
-        single = len(leaves) == 1
         head_history = fit(leaf, dataset, _make_sampler(cfg, train, labels, seed), objective,
                            TrainConfig(**{**tcfg.__dict__, "epochs": head_epochs, "seed": seed}),
-                           validate if val and cfg.mode == "frozen" and single else None,
+                           validate if needs_val else None,
                            checkpoint=checkpoint if single else None,
                            resume=checkpoint is not None and single, progress=progress)
         history = head_history if (b, j) == (0, 0) else history
