@@ -194,3 +194,26 @@ def test_postgres_reconnects_after_backend_killed(pg_uri: str) -> None:
         with s._pool.connection() as conn, conn.transaction():
             conn.execute("TRUNCATE biomatch_templates, biomatch_users")
         s.close()
+
+
+def test_server_answers_after_postgres_backend_killed(pg_uri: str) -> None:
+    """Issue #11.7 end to end: every route, /health included, answered 500 until a restart."""
+    import psycopg
+    from fastapi.testclient import TestClient
+
+    from biomatch.gallery.service import GalleryService
+    from biomatch.gallery.toy import PixelEmbedder
+    from biomatch.server import create_app
+
+    s = PostgresStore(pg_uri)
+    try:
+        client = TestClient(create_app(GalleryService(PixelEmbedder(), s, 0.5), token="t"))
+        assert client.get("/health").status_code == 200
+        with psycopg.connect(pg_uri, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                          "AND pid <> pg_backend_pid() AND backend_type = 'client backend'")
+        r = client.get("/health")
+        assert r.status_code == 200 and r.json()["status"] == "ok"
+        assert client.get("/users", headers={"Authorization": "Bearer t"}).status_code == 200
+    finally:
+        s.close()

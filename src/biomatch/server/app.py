@@ -11,8 +11,6 @@ bytes, pixels and format, and guessing is limited per (user, client) and per cli
 atomically (biomatch.server.ratelimit).
 """
 
-from __future__ import annotations
-
 import hmac
 import io
 import re
@@ -212,7 +210,7 @@ def create_app(
 
     bearer = HTTPBearer(auto_error=False, description="the server's token (`biomatch serve --token`)")
 
-    def require_token(creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:  # noqa: B008
+    def require_token(creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]) -> None:
         given = creds.credentials if creds is not None else ""
         if not given or not hmac.compare_digest(given.encode(), (token or "").encode()):
             raise ApiError(401, "Unauthorized", "this needs 'Authorization: Bearer <token>' with the server's token",
@@ -269,7 +267,8 @@ def create_app(
     @app.post("/users/{user_id}/templates", response_model=Enrolled, dependencies=admin,
               responses=_responses(400, *auth_codes, 409, 411, 413, 415, 422, 503))
     def enroll(user_id: UserId,
-               files: Annotated[list[UploadFile], File(description="1-20 face images")]) -> dict[str, Any]:
+               files: Annotated[list[UploadFile], File(min_length=1, max_length=max_files,
+                                                       description=f"1-{max_files} face images")]) -> dict[str, Any]:
         """Add templates for a user (created if new). All images are checked before any is stored."""
         if len(files) > max_files:
             raise InputError(f"at most {max_files} images per request, got {len(files)}")
