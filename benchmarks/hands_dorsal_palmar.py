@@ -193,6 +193,11 @@ def write_section() -> None:
                      _cell(t, "recall@1"), _cell(t, "mean_rank"), _cell(r, "recall@1"), _cell(r, "mean_rank"),
                      _cell(r, "recall@5"), _cell(r, "map"), f"{fta['mean']:.3f}" if fta else "–",
                      ", ".join(commits), (t or r)["config"].get("verdict", "") or "–"])
+    for path in sorted((REPO_ROOT / "configs").glob("hands_*.yaml")):
+        if path.stem not in results:  # a variant kept with its verdict, not rerun at this protocol
+            cfg = load_method(path)
+            rows.append([path.stem, row_kind(path.stem), "not rerun", "–", "–", "–", "–", "–", "–", "–",
+                         cfg.verdict or "–"])
     for ref_name, ref in REFERENCES.values():
         rows.append([f"reference: {ref_name}", "published, 1 split", "–", "–", f"{ref['recall@1']:.3f}",
                      f"{ref['mean_rank']:.2f}", f"{ref['recall@5']:.3f}", "–", "–", "–", "–"])

@@ -56,12 +56,18 @@ class HandEmbedder:
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
             raise InputError(f"{path} is not a biomatch hand model ({FORMAT})")
         self.cfg = cfg = MethodConfig(**blob["config"])
-        backbones = [create_backbone(n, pool=cfg.pool).to(device).eval() for n in cfg.backbones]
+        if cfg.geometry_weight:
+            raise InputError(f"{path}: geometry_weight is a score added per pair, not part of an embedding; "
+                             "embed/export only models without it")
+        names = [n.partition("@")[0] for n in cfg.backbones]
+        self._aligned = [n.endswith("@aligned") for n in cfg.backbones]
+        self._detector = None
+        backbones = [create_backbone(n, pool=cfg.pool).to(device).eval() for n in names]
         found = [b.weights_id for b in backbones]
         if found != blob["weights_ids"]:
             raise StateError(f"{path} was trained on backbone weights {blob['weights_ids']}, "
                              f"but this installation provides {found}")
-        self.extractors = [feature_extractor(cfg, n, b)[0].eval() for n, b in zip(cfg.backbones, backbones)]
+        self.extractors = [feature_extractor(cfg, n, b)[0].eval() for n, b in zip(names, backbones)]
         # one block per backbone with `fusion: score`, else one block of all ("in_dims" is absent
         # from files written before score fusion existed)
         self.head: nn.Module = build_model(cfg, blob.get("in_dims", [blob["in_dim"]]))
@@ -78,11 +84,25 @@ class HandEmbedder:
     def model_hash(self) -> str:
         return self._hash
 
+    def _aligned_images(self, images: Sequence[Image.Image]) -> list[Image.Image]:
+        """Canonical crops (biomatch.hands.landmarks), the plain image where no hand is found."""
+        from biomatch.hands.landmarks import LandmarkDetector, align_hand
+
+        if self._detector is None:
+            self._detector = LandmarkDetector()
+        out = []
+        for img in images:
+            lm = self._detector(np.asarray(img.convert("RGB")))
+            out.append(align_hand(img, lm.points if lm.ok else None))
+        return out
+
     @torch.no_grad()
     def _features(self, images: Sequence[Image.Image]) -> torch.Tensor:
         parts = []
-        for extractor, tf in zip(self.extractors, self._transforms):
-            x = torch.stack([tf(img.convert("RGB")) for img in images]).to(self.device)
+        aligned = self._aligned_images(images) if any(self._aligned) else None
+        for extractor, tf, use_aligned in zip(self.extractors, self._transforms, self._aligned):
+            batch = aligned if use_aligned else images
+            x = torch.stack([tf(img.convert("RGB")) for img in batch]).to(self.device)
             parts.append(F.normalize(extractor(x).float().cpu(), dim=1))
         return torch.cat(parts, 1)
 

@@ -84,44 +84,159 @@ def plot_worst_queries(result: RunResult, path: Path, n: int = 10, k: int = 5, t
     return path
 
 
+COLUMN_HELP = {
+    "method": "configs/<method>.yaml",
+    "seed": "split seed (subject-disjoint train/val/test split)",
+    "queries": "dorsal test images (one query each)",
+    "gallery": "palmar test images searched for each query",
+    "recall@1": "share of queries whose best-scoring palm is the same person (= CMC@1)",
+    "recall@5": "share of queries with a same-person palm among the 5 best",
+    "recall@10": "share with a same-person palm among the 10 best",
+    "mean_rank": "mean over queries of the 1-based rank of the first same-person palm (ties counted against us)",
+    "median_rank": "median of that rank",
+    "map": "mean average precision: per query, the precision at each same-person palm's rank, averaged over "
+           "those palms, then over queries (1.0 = all of a person's palms ranked first)",
+    "fta": "failure to acquire: share of this split's images where MediaPipe found no hand (they use the "
+           "un-aligned path; none is dropped)",
+    "R@1 95% CI": "95 % bootstrap interval of recall@1 over queries (500 resamples)",
+    "train s": "seconds for training and embedding the test images, backbone features excluded (read from the "
+               "cache or computed before; the first method pays for them)",
+}
+
+
+def plot_aligned_examples(split, path: Path, n_subjects: int = 4, tile: int = 112) -> Path | None:
+    """For a few test subjects: dorsal photo, its canonical crop, palmar photo, its crop
+    (middle finger up, palm scale fixed, thumb left: the dorsal/palmar mirror undone)."""
+    from PIL import Image, ImageDraw
+
+    from biomatch.data.images import load_image
+    from biomatch.hands.landmarks import align_hand, cached_landmarks
+
+    from biomatch.hands.protocol import HandsSplit
+
+    q, g = HandsSplit.queries(split.test), HandsSplit.gallery(split.test)
+    pairs = []
+    for ident in sorted({s.identity for s in q})[:n_subjects]:
+        dq = next(s for s in q if s.identity == ident)
+        dg = next((s for s in g if s.identity == ident), None)
+        if dg is not None:
+            pairs.append((dq, dg))
+    if not pairs:
+        return None
+    flat = [s for pair in pairs for s in pair]
+    points, ok = cached_landmarks(flat, progress=False)
+    pad, label_h = 6, 14
+    canvas = Image.new("RGB", (4 * (tile + pad) + pad, len(pairs) * (tile + label_h + pad) + pad + 16), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 2), "dorsal photo | aligned crop | palmar photo | aligned crop", fill="black")
+    for row, (a, b) in enumerate(pairs):
+        y = 16 + pad + row * (tile + label_h + pad)
+        for col, (s, pts, found) in enumerate(((a, points[2 * row], ok[2 * row]), (b, points[2 * row + 1], ok[2 * row + 1]))):
+            img = load_image(s.path)
+            x = pad + 2 * col * (tile + pad)
+            canvas.paste(img.resize((tile, tile)), (x, y))
+            canvas.paste(align_hand(img, pts if found else None).resize((tile, tile)), (x + tile + pad, y))
+            draw.text((x, y + tile + 1), f"{s.view} {s.side}", fill="black")
+            draw.text((x + tile + pad, y + tile + 1), "aligned" if found else "no hand: unaligned", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
 def write_hands_report(results: Sequence[RunResult], out_dir: Path, title: str = "biomatch: dorsal → palmar",
-                       notes: str = "") -> Path:
-    """Write report.md, report.html and the PNGs they show; return the HTML path."""
+                       notes: str = "", run_info: dict | None = None, split=None) -> Path:
+    """Write report.md, report.html and the PNGs they show; return the HTML path. `run_info`
+    (command, commit, packages, load during the run, seconds) is printed in a "Run" section;
+    with `split`, a figure of landmark-aligned crops of a few test subjects is added."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    run_info = run_info or {}
     rows = []
     for r in results:
         ci = bootstrap_ci(r.ranks, n_boot=500, seed=r.seed)["recall@1"]
+        fta = r.metrics.get("fta_rate")
         rows.append([r.method, r.seed, len(r.queries), len(r.gallery)]
-                    + [r.metrics[c] for c in COLUMNS] + [f"[{ci[0]:.2f}, {ci[1]:.2f}]",
+                    + [r.metrics[c] for c in COLUMNS] + ["–" if fta is None else f"{fta:.3f}",
+                                                         f"[{ci[0]:.2f}, {ci[1]:.2f}]",
                                                          f"{r.timing.get('train_s', 0):.1f}"])
-    header = ["method", "seed", "queries", "gallery", *COLUMNS, "R@1 95% CI", "train s"]
+    header = ["method", "seed", "queries", "gallery", *COLUMNS, "fta", "R@1 95% CI", "train s"]
     table = markdown_table(header, rows)
+    legend = "\n".join(f"- **{h}**: {COLUMN_HELP[h]}" for h in header if h in COLUMN_HELP)
     cmc = plot_cmc({r.method: r.ranks.first_rank for r in results}, out_dir / "cmc.png",
                    chance_gallery=len({s.identity for s in results[0].gallery}))
     curves = plot_training_curves({r.method: r.history for r in results}, out_dir / "training_curves.png")
     best = max(results, key=lambda r: r.metrics["recall@1"])
     strip = retrieval_strip(best.queries, best.gallery, best.query_emb, best.gallery_emb,
                             out_dir / "retrieval_examples.png", seed=best.seed)
-    md = "\n\n".join([
-        f"# {title}", notes or "", f"Machine: {machine_description()}.", "## Results", table,
-        "Ranks are 1-based ranks of the first correct palmar image (ties counted against us); "
-        "CI = 95 % bootstrap over queries.",
+    worst = plot_worst_queries(best, out_dir / "worst_queries.png")
+    hist = {r.method: rank_histogram(r.ranks.first_rank) for r in results}
+    bins = list(next(iter(hist.values())))
+    hist_table = markdown_table(["method", *[f"rank {b}" for b in bins]], [[m, *h.values()] for m, h in hist.items()])
+    aligned = plot_aligned_examples(split, out_dir / "aligned_crops.png") if split is not None else None
+    budgets = run_info.get("budgets", {})
+    load = run_info.get("load_during_run")
+    run_lines = []
+    if run_info:
+        run_lines = [f"- command: `{run_info.get('command', '')}`", f"- commit: {run_info.get('commit', '')}",
+                     "- packages: " + ", ".join(f"{k} {v}" for k, v in run_info.get("packages", {}).items()),
+                     f"- machine: {run_info.get('machine', machine_description())}",
+                     f"- feature/landmark cache: {run_info.get('cache', '')}"]
+        if load:
+            run_lines.append(f"- 1-min load average during the run ({load['n']} samples, every 5 s): min "
+                             f"{load['min']:.1f}, mean {load['mean']:.1f}, max {load['max']:.1f}")
+        if "seconds_before_report" in run_info:
+            run_lines.append(f"- wall clock until the report: {run_info['seconds_before_report']:.0f} s")
+        run_lines += [f"- {k}: {v}" for k, v in budgets.items()]
+    strip_caption = ("Each row: a dorsal query, then the top-5 palmar images by the cosine similarity of the "
+                     "embeddings (the number under each, higher = more alike); green = same person, red = someone "
+                     "else.")
+    worst_caption = ("The 10 queries whose first correct palm ranks lowest: query, top-5 palms and the true palm "
+                     "(its rank under the picture). They show why the mean rank lags recall@1: a few queries far "
+                     "down the list (different lighting, sleeves, failed landmarks) weigh on the mean.")
+    footnote = ("Ranks are 1-based ranks of the first correct palmar image (ties counted against us); "
+                "CI = 95 % bootstrap over queries. One split only — seed-to-seed spread is ±0.05 R@1 "
+                "(BENCHMARKS.md). " + (f"The best method ({run_info['best']}) trains on train + val for a fixed "
+                                       "budget (no validation curve; its training loss is shown)." if
+                                       run_info.get("best") else ""))
+    md_parts = [
+        f"# {title}", notes or "", f"Machine: {machine_description()}.", "## Results", table, footnote,
+        "Columns:\n" + legend,
+        "## Where the first correct palm lands (queries per rank)", hist_table,
         "## CMC", f"![CMC]({cmc.name})", "## Training", f"![curves]({curves.name})",
-        f"## Retrieval examples ({best.method})",
-        "Each row: a dorsal query, then the top-5 palmar images; green = same person, red = someone else.",
-        f"![examples]({strip.name})",
-    ])
-    (out_dir / "report.md").write_text(md + "\n")
-    html_rows = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in row) + "</tr>" for row in rows)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+        f"## Retrieval examples ({best.method})", strip_caption, f"![examples]({strip.name})",
+        f"## 10 worst queries ({best.method})", worst_caption, f"![worst]({worst.name})",
+    ]
+    if aligned is not None:
+        md_parts += ["## Landmark-aligned crops", "MediaPipe hand landmarks → rotate so the middle finger points "
+                     "up, scale by palm length, crop; palmar images are mirrored where needed so the thumb is "
+                     "always on the left (the dorsal/palmar mirror undone).", f"![aligned]({aligned.name})"]
+    if run_lines:
+        md_parts += ["## Run", "\n".join(run_lines)]
+    (out_dir / "report.md").write_text("\n\n".join(md_parts) + "\n")
+    esc = html.escape
+
+    def cells(row, tag="td"):
+        return "".join(f"<{tag}>{esc(_fmt(v))}</{tag}>" for v in row)
+
+    html_rows = "".join(f"<tr>{cells(row)}</tr>" for row in rows)
+    hist_rows = "".join(f"<tr>{cells([m, *h.values()])}</tr>" for m, h in hist.items())
+    legend_html = "".join(f"<li><b>{esc(h)}</b>: {esc(COLUMN_HELP[h])}</li>" for h in header if h in COLUMN_HELP)
+    aligned_html = (f"<h2>Landmark-aligned crops</h2><p>MediaPipe hand landmarks → middle finger up, palm scale "
+                    f"fixed, thumb on the left (the dorsal/palmar mirror undone).</p><img src=\"{aligned.name}\">"
+                    if aligned is not None else "")
+    run_html = ("<h2>Run</h2><ul>" + "".join(f"<li>{esc(line[2:])}</li>" for line in run_lines) + "</ul>"
+                if run_lines else "")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{max-width:100%}}</style></head><body>
-<h1>{html.escape(title)}</h1><p>{html.escape(notes)}</p><p>Machine: {html.escape(machine_description())}</p>
-<h2>Results</h2><table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in header)}</tr>{html_rows}</table>
+<h1>{esc(title)}</h1><p>{esc(notes)}</p><p>Machine: {esc(machine_description())}</p>
+<h2>Results</h2><table><tr>{cells(header, "th")}</tr>{html_rows}</table><p>{esc(footnote)}</p>
+<p>Columns:</p><ul>{legend_html}</ul>
+<h2>Where the first correct palm lands (queries per rank)</h2>
+<table><tr>{cells(["method", *[f"rank {b}" for b in bins]], "th")}</tr>{hist_rows}</table>
 <h2>CMC</h2><img src="{cmc.name}"><h2>Training</h2><img src="{curves.name}">
-<h2>Retrieval examples ({html.escape(best.method)})</h2>
-<p>Each row: a dorsal query, then the top-5 palmar images; green = same person, red = someone else.</p>
-<img src="{strip.name}"></body></html>"""
+<h2>Retrieval examples ({esc(best.method)})</h2><p>{esc(strip_caption)}</p><img src="{strip.name}">
+<h2>10 worst queries ({esc(best.method)})</h2><p>{esc(worst_caption)}</p><img src="{worst.name}">
+{aligned_html}{run_html}</body></html>"""
     path = out_dir / "report.html"
     path.write_text(page)
     return path
