@@ -97,3 +97,33 @@ def test_decompression_bomb_is_an_input_error(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 300x300 > 2x the limit: PIL refuses it
     with pytest.raises(InputError, match="big.png: too many pixels"):
         svc.enroll("alice", [path])
+
+
+def test_face_model_batched_forward_equals_one_by_one(tmp_path: Path) -> None:
+    """With the real MobileFaceNet, per-request preparation + one batched forward gives the
+    same similarities as embedding each probe alone (what an unbatched server computes)."""
+    pytest.importorskip("onnxruntime")
+    from biomatch.paths import dataset_dir
+
+    try:
+        root = dataset_dir("lfw62")
+    except Exception:  # noqa: BLE001
+        pytest.skip("lfw62 not available")
+    from biomatch.gallery.setup import load_embedder
+
+    people = sorted(p for p in root.iterdir() if p.is_dir())[:3]
+    files = {p.name: sorted(p.glob("*.jpg")) for p in people}
+    results = {}
+    for batched in (False, True):
+        svc = GalleryService(load_embedder("face-crop"), SQLiteStore(tmp_path / f"f{batched}.db"), 0.3,
+                             micro_batch=batched)
+        for name, fs in files.items():
+            svc.enroll(name, [Image.open(f).convert("RGB") for f in fs[:2]])
+        probes = [(name, Image.open(f).convert("RGB")) for name, fs in files.items() for f in fs[2:8]]
+        probes += [(people[0].name, img) for _, img in probes[6:12]]  # impostor probes too
+        with ThreadPoolExecutor(16) as pool:
+            results[batched] = [r.similarity for r in pool.map(lambda p: svc.verify(*p), probes)]
+        if batched:
+            assert svc.batcher is not None and svc.batcher.batches < svc.batcher.images  # really batched
+        svc.close()
+    np.testing.assert_allclose(results[True], results[False], atol=1e-5)

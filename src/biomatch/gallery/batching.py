@@ -1,7 +1,8 @@
 """Micro-batching: concurrent requests share one ``embedder.embed(list_of_images)`` call.
 
 A server answering many verify requests at once would otherwise run one model forward per
-request, each with its own per-call overhead and its own small matrix products. Here request
+request (items may be images for ``embed(list)``, or inputs already prepared per request, for
+an embedder whose forward pass can be called on its own), each with its own per-call overhead and its own small matrix products. Here request
 threads put their image on a queue and wait; one worker thread takes everything queued (up to
 ``max_batch``, waiting at most ``max_wait_s`` for more after the first) and embeds it in one
 call, then hands each thread its row. If the batched call fails (e.g. no face in one image),
@@ -16,16 +17,16 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
-EmbedFn = Callable[[Sequence[Image.Image], Sequence[str]], np.ndarray]
+EmbedFn = Callable[[Sequence[Any], Sequence[str]], np.ndarray]  # items (images or prepared arrays), names
 
 
 @dataclass
 class _Job:
-    image: Image.Image
+    image: Any  # a PIL image, or an embedder's prepared input
     name: str
     future: Future[np.ndarray] = field(default_factory=Future)
 
@@ -43,7 +44,7 @@ class MicroBatcher:
         self.batches = 0  # statistics, for tests and the load benchmark
         self.images = 0
 
-    def embed(self, image: Image.Image, name: str) -> np.ndarray:
+    def embed(self, image: Any, name: str) -> np.ndarray:
         """Embed one image (as a row of some batch); re-raises that image's own error."""
         self._ensure_worker()
         job = _Job(image, name)

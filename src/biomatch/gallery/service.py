@@ -184,7 +184,13 @@ class GalleryService:
                 raise InputError(f"bad RSM options {rescore_options}: {exc}") from exc
         self._lock = threading.Lock()
         self._gallery: _Gallery | None = None
-        self.batcher = MicroBatcher(self._embed_batch, batch_max, batch_wait_s) if micro_batch else None
+        # Embedders that expose their stages (FaceEmbedder: prepare → preprocess.batch → embed_arrays)
+        # let the per-image work (face detection, alignment, guard, resizing) run in each request's
+        # own thread, concurrently, and batch only the model forward; others batch `embed(list)`.
+        self._staged = all(callable(getattr(embedder, a, None)) for a in ("prepare", "embed_arrays")) and callable(
+            getattr(getattr(embedder, "preprocess", None), "batch", None))
+        batch_fn = self._forward_batch if self._staged else self._embed_batch
+        self.batcher = MicroBatcher(batch_fn, batch_max, batch_wait_s) if micro_batch else None
         if search not in SEARCH_KINDS:
             raise InputError(f"unknown search kind {search!r}; choose one of {', '.join(SEARCH_KINDS)}")
 
@@ -204,6 +210,15 @@ class GalleryService:
             return np.asarray(self.embedder.embed(list(images), names=list(names)), dtype=np.float32)  # type: ignore[call-arg]
         return np.asarray(self.embedder.embed(list(images)), dtype=np.float32)
 
+    def _forward_batch(self, arrays: Sequence[np.ndarray], names: Sequence[str]) -> np.ndarray:
+        """One model forward for the prepared inputs of many requests."""
+        return np.asarray(self.embedder.embed_arrays(np.concatenate(list(arrays))), dtype=np.float32)  # type: ignore[attr-defined]
+
+    def _prepare(self, img: Image.Image, name: str) -> np.ndarray:
+        """The per-image stages of a staged embedder, in the caller's thread: (1, C, H, W)."""
+        emb = self.embedder
+        return np.asarray(emb.preprocess.batch(emb.prepare([img], [name])), dtype=np.float32)  # type: ignore[attr-defined]
+
     def close(self) -> None:
         """Stop the micro-batching worker, if any (the store is the caller's to close)."""
         if self.batcher is not None:
@@ -217,7 +232,7 @@ class GalleryService:
             except Image.DecompressionBombError as exc:
                 raise InputError(f"{name}: too many pixels to decode safely ({exc})") from exc
             if self.batcher is not None:
-                out = self.batcher.embed(img, name)
+                out = self.batcher.embed(self._prepare(img, name) if self._staged else img, name)
             else:
                 out = self._embed_batch([img], [name])
         except BiomatchError as exc:
