@@ -131,8 +131,11 @@ def rsm_matrix(
             block.div_(m)
         else:
             block = _exclude_owned(block, a, b, r_own, c_own, start, stop)
-        block.add_(direct[start:stop], alpha=alpha)
-        result[start:stop] = block
+        # written straight into the result (no extra copy pass); same arithmetic as block + alpha * direct
+        if result.dtype == dtype:
+            torch.add(block, direct[start:stop], alpha=alpha, out=result[start:stop])
+        else:
+            result[start:stop] = block.add_(direct[start:stop], alpha=alpha)
     return result
 
 
