@@ -161,7 +161,8 @@ def run_phase(batched: bool, args: argparse.Namespace, store: Path, threshold: f
     port, token = _free_port(), secrets.token_urlsafe(12)
     cmd = [sys.executable, "-m", "biomatch.cli", "serve", "--port", str(port), "--store", str(store),
            "--embedder", args.embedder, "--threshold", str(threshold), "--token", token,
-           "--threads", str(args.threads), "--micro-batch" if batched else "--no-micro-batch"]
+           "--threads", str(args.threads), "--micro-batch" if batched else "--no-micro-batch",
+           "--batch-max", str(args.batch_max), "--batch-workers", str(args.batch_workers)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
@@ -197,6 +198,8 @@ def main() -> None:
     parser.add_argument("--embedder", default="face-crop")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime threads of the server's model")
     parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--batch-max", type=int, default=8, help="server --batch-max (batched phase)")
+    parser.add_argument("--batch-workers", type=int, default=2, help="server --batch-workers (batched phase)")
     parser.add_argument("--no-write", action="store_true", help="print only; no JSON / BENCHMARKS.md")
     args = parser.parse_args()
     load_start = list(os.getloadavg())
@@ -222,7 +225,8 @@ def main() -> None:
         return
     protocol = (f"{args.clients} concurrent keep-alive clients (one loopback address each) POST /verify to a "
                 f"`biomatch serve` process on 127.0.0.1; per phase {args.requests} answers or {args.max_seconds:.0f} s; "
-                f"server with --micro-batch, then --no-micro-batch, same data; onnxruntime threads {args.threads}; "
+                f"server with --micro-batch (--batch-max {args.batch_max}, --batch-workers {args.batch_workers}), then "
+                f"--no-micro-batch, same data; onnxruntime threads {args.threads}; "
                 "after a 40-request warm-up")
     write_result(
         "service_load", benchmark="service_load",

@@ -75,6 +75,7 @@ def test_web_page_states(driver, tmp_path: Path) -> None:  # noqa: ANN001
         el("user").send_keys("alice")
         assert act("enroll-btn", ["alice0"], "2_enrol_refused").startswith("Enrolment failed:")  # no token
         assert svc.users() == []
+        assert "enter the admin token" in act("identify-btn", ["alice0"], "2b_identify_needs_token")  # 401 → asks
         el("token").send_keys("tok")
         assert act("enroll-btn", ["alice0", "alice1"], "3_enrolled") == "Enrolled alice: 2 image(s) added, 2 template(s) in total."
         assert el("status").get_attribute("class") == "ok"
@@ -89,4 +90,4 @@ def test_web_page_states(driver, tmp_path: Path) -> None:  # noqa: ANN001
         el("user").send_keys("ghost")
         assert "unknown user 'ghost'" in act("verify-btn", ["bob1"], "8_error")
     assert [u.user for u in svc.users()] == ["alice"]
-    assert len(list(shots_dir.glob("*.png"))) >= 8
+    assert len(list(shots_dir.glob("*.png"))) >= 9

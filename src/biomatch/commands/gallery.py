@@ -189,8 +189,10 @@ def register(app: typer.Typer) -> None:
         threshold_file: ThresholdFileOpt = None,
         policy: PolicyOpt = "mean",
         search: SearchOpt = "exact",
-        micro_batch: Annotated[bool, typer.Option("--micro-batch/--no-micro-batch", help="embed concurrent requests together, one model call per batch")] = True,
+        micro_batch: Annotated[bool, typer.Option("--micro-batch/--no-micro-batch", help="embed concurrent requests together, one model call per batch (off by default: on 2 CPU cores MobileFaceNet costs more CPU per image in batches; see BENCHMARKS.md, service_load)")] = False,
         threads: Annotated[int, typer.Option(min=1, max=64, help="threads of the face model (onnxruntime intra-op)")] = 1,
+        batch_max: Annotated[int, typer.Option(min=1, max=256, help="micro-batching: most images in one model call")] = 8,
+        batch_workers: Annotated[int, typer.Option(min=1, max=64, help="micro-batching: model calls running at once")] = 2,
         open_reads: Annotated[bool, typer.Option("--open-reads", help="let anyone identify and list users without the token (not for deployments)")] = False,
     ) -> None:
         """Serve the HTTP API (OpenAPI docs at /docs) and the web page at /.
@@ -207,7 +209,7 @@ def register(app: typer.Typer) -> None:
         from biomatch.server import create_app
 
         svc = _service(store, embedder, threshold, threshold_file, policy, search, micro_batch=micro_batch,
-                       threads=threads, create=True)
+                       threads=threads, create=True, batch_max=batch_max, batch_workers=batch_workers)
         try:
             family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
             sock = socket.socket(family, socket.SOCK_STREAM)

@@ -5,7 +5,8 @@ request (items may be images for ``embed(list)``, or inputs already prepared per
 an embedder whose forward pass can be called on its own), each with its own per-call overhead and its own small matrix products. Here request
 threads put their image on a queue and wait; one worker thread takes everything queued (up to
 ``max_batch``, waiting at most ``max_wait_s`` for more after the first) and embeds it in one
-call, then hands each thread its row. If the batched call fails (e.g. no face in one image),
+call, then hands each thread its row. ``workers`` > 1 runs that many batches at once (e.g. one
+per core when one forward cannot use all of them). If the batched call fails (e.g. no face in one image),
 the batch is re-run image by image so each request gets its own result or its own error.
 """
 
@@ -34,13 +35,14 @@ class _Job:
 class MicroBatcher:
     """Collects images from many threads into batches for one embed function (thread-safe)."""
 
-    def __init__(self, embed: EmbedFn, max_batch: int = 32, max_wait_s: float = 0.002) -> None:
-        if max_batch < 1 or max_wait_s < 0:
-            raise ValueError("max_batch must be >= 1 and max_wait_s >= 0")
-        self._embed, self.max_batch, self.max_wait_s = embed, max_batch, max_wait_s
+    def __init__(self, embed: EmbedFn, max_batch: int = 32, max_wait_s: float = 0.002, workers: int = 1) -> None:
+        if max_batch < 1 or max_wait_s < 0 or workers < 1:
+            raise ValueError("max_batch and workers must be >= 1 and max_wait_s >= 0")
+        self._embed, self.max_batch, self.max_wait_s, self.workers = embed, max_batch, max_wait_s, workers
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._start_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
         self.batches = 0  # statistics, for tests and the load benchmark
         self.images = 0
 
@@ -52,17 +54,21 @@ class MicroBatcher:
         return job.future.result()
 
     def close(self) -> None:
-        """Stop the worker (queued jobs are still answered first)."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=10)
-            self._thread = None
+        """Stop the workers (queued jobs are still answered first)."""
+        with self._start_lock:
+            for _ in self._threads:
+                self._queue.put(None)
+            for t in self._threads:
+                t.join(timeout=10)
+            self._threads = []
 
     def _ensure_worker(self) -> None:
         with self._start_lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="biomatch-microbatch", daemon=True)
-                self._thread.start()
+            self._threads = [t for t in self._threads if t.is_alive()]
+            while len(self._threads) < self.workers:
+                t = threading.Thread(target=self._run, name="biomatch-microbatch", daemon=True)
+                t.start()
+                self._threads.append(t)
 
     def _run(self) -> None:
         while True:
@@ -91,8 +97,9 @@ class MicroBatcher:
                 return
 
     def _process(self, batch: list[_Job]) -> None:
-        self.batches += 1
-        self.images += len(batch)
+        with self._stats_lock:
+            self.batches += 1
+            self.images += len(batch)
         try:
             out = np.asarray(self._embed([j.image for j in batch], [j.name for j in batch]), dtype=np.float32)
             if out.ndim != 2 or out.shape[0] != len(batch):

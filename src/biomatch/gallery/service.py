@@ -158,6 +158,7 @@ class GalleryService:
         micro_batch: bool = False,
         batch_max: int = 32,
         batch_wait_s: float = 0.002,
+        batch_workers: int = 1,
     ) -> None:
         if policy not in ("max", "mean"):
             raise InputError(f"unknown enrolment policy {policy!r}; choose 'max' or 'mean'")
@@ -190,7 +191,7 @@ class GalleryService:
         self._staged = all(callable(getattr(embedder, a, None)) for a in ("prepare", "embed_arrays")) and callable(
             getattr(getattr(embedder, "preprocess", None), "batch", None))
         batch_fn = self._forward_batch if self._staged else self._embed_batch
-        self.batcher = MicroBatcher(batch_fn, batch_max, batch_wait_s) if micro_batch else None
+        self.batcher = MicroBatcher(batch_fn, batch_max, batch_wait_s, batch_workers) if micro_batch else None
         if search not in SEARCH_KINDS:
             raise InputError(f"unknown search kind {search!r}; choose one of {', '.join(SEARCH_KINDS)}")
 

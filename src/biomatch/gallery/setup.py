@@ -76,6 +76,8 @@ def build_service(
     create: bool = False,
     micro_batch: bool = False,
     threads: int = 1,
+    batch_max: int = 8,
+    batch_workers: int = 2,
 ) -> GalleryService:
     """``create=False`` (verify, identify): a store that does not exist is an error, not a new file."""
     emb = load_embedder(embedder, threads=threads)
@@ -83,4 +85,5 @@ def build_service(
     return GalleryService(
         emb, open_store(store or default_store_path(), create=create), value, policy=policy, search=search,
         rescore=rescore, rescore_options=rescore_options, micro_batch=micro_batch,
+        batch_max=batch_max, batch_workers=batch_workers,
     )
