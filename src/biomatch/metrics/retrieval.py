@@ -131,9 +131,10 @@ def _count_at_or_above(s: np.ndarray, pos: np.ndarray, k: np.ndarray, pos_ge: np
         cand = row[row >= worst[r]]
         cand.sort()
         out[r, : k[r]] = cand.size - np.searchsorted(cand, pos[r, : k[r]], side="left")
-    if dense.any():
-        whole = np.sort(s[busy[dense]], axis=1)
-        for r, row in zip(busy[dense], whole):
+    dense_rows = busy[dense]
+    for d in range(0, len(dense_rows), 256):  # sorted copies of at most 256 rows at a time
+        group = dense_rows[d : d + 256]
+        for r, row in zip(group, np.sort(s[group], axis=1)):
             out[r, : k[r]] = row.size - np.searchsorted(row, pos[r, : k[r]], side="left")
     return out
 
