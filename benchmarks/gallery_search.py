@@ -76,20 +76,21 @@ def run_size(n: int, n_queries: int, seed: int) -> list[dict]:
     t0 = time.perf_counter()
     ivf = FaissSearcher(x, "ivf", seed=seed)
     build = time.perf_counter() - t0
-    for nprobe in (16, 32, 64):
+    default = ivf.index.nprobe  # search.default_nprobe: chosen for template-level parity (issue #13)
+    for nprobe in sorted({16, 64, default}):
         ivf.index.nprobe = nprobe
         top, t = latency(lambda q: ivf.search(q, 1)[1], probes)
-        rows.append({"method": f"faiss IVF nlist={ivf.index.nlist} nprobe={nprobe}" + (" (default)" if nprobe == 64 else ""),
+        rows.append({"method": f"faiss IVF nlist={ivf.index.nlist} nprobe={nprobe}" + (" (default)" if nprobe == default else ""),
                      **t, "build_s": build, "top": top})
         print(n, rows[-1]["method"], t, flush=True)
     del ivf
     gc.collect()
     if n <= 100_000:
         t0 = time.perf_counter()
-        hnsw = FaissSearcher(x, "hnsw", ef_search=128)
+        hnsw = FaissSearcher(x, "hnsw")
         build = time.perf_counter() - t0
         top, t = latency(lambda q: hnsw.search(q, 1)[1], probes)
-        rows.append({"method": "faiss HNSW M=32 efSearch=128", **t, "build_s": build, "top": top})
+        rows.append({"method": f"faiss HNSW M=32 efSearch={hnsw.index.hnsw.efSearch} (default)", **t, "build_s": build, "top": top})
         print(n, rows[-1]["method"], t, flush=True)
         del hnsw
     for r in rows:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from biomatch.errors import InputError
-from biomatch.gallery.search import ExactSearcher, FaissSearcher, build_searcher
+from biomatch.gallery.search import ExactSearcher, FaissSearcher, build_searcher, default_nprobe
 
 
 def _unit(n: int, dim: int, seed: int) -> np.ndarray:
@@ -59,11 +59,8 @@ def test_flat_faiss_equals_exact() -> None:
 
 
 def test_ivf_parity_at_1e5() -> None:
-    """Issue #5: same top-1 identity as exact for ≥ 99 % of queries at 10^5 face-like templates.
-
-    Parity is judged on the identity of the top-1 template (what identify answers); the exact
-    template among one person's near-tied views is reported, not required.
-    """
+    """Issues #5 and #13: same top-1 identity as exact search for >= 99 % of queries at 10^5
+    face-like templates with the default IVF parameters, and nearly always the same template."""
     n_ids, per_id, dim = 20_000, 5, 128
     gallery, centres = face_like(n_ids, per_id, dim, seed=6)
     rng = np.random.default_rng(7)
@@ -75,11 +72,25 @@ def test_ivf_parity_at_1e5() -> None:
     _, ann = ivf.search(probe, 1)
     parity = float(np.mean(exact[:, 0] // per_id == ann[:, 0] // per_id))
     assert parity >= 0.99, parity
+    # issue #13: the default nprobe also finds the same *template* for nearly every query. The
+    # >= 0.99 target is met at 10^6 (benchmarks/engine_speed.py); at 10^5 it is 0.97-0.99
+    # depending on the k-means seed (measured over 3 seeds on this data and the benchmark's).
+    assert ivf.index.nprobe == default_nprobe(ivf.index.nlist)
+    template = float(np.mean(exact[:, 0] == ann[:, 0]))
+    assert template >= 0.97, template
     assert np.mean(exact[:, 0] // per_id == who) > 0.95  # the data is what we think it is
     # a deliberately starved index must show up as lower parity (the check can fail)
     ivf.index.nprobe = 1
     _, starved = ivf.search(probe, 1)
     assert np.mean(exact[:, 0] // per_id == starved[:, 0] // per_id) < 0.9
+
+
+def test_default_nprobe_is_a_share_of_the_lists() -> None:
+    assert default_nprobe(1) == 1
+    assert default_nprobe(316) == 158
+    assert default_nprobe(1000) == 500
+    x = _unit(4000, 16, 10)
+    assert FaissSearcher(x, "ivf", nprobe=3).index.nprobe == 3  # an explicit value wins
 
 
 def test_hnsw_small_parity() -> None:
