@@ -68,7 +68,7 @@ def prepare(users: int, embedder_name: str, store: Path) -> tuple[float, str, li
     try:
         threshold, source = float(load_threshold(emb, None, None)), "calibrated artifact beside the model"
     except Exception as exc:  # noqa: BLE001 - a benchmark of throughput can run with a stated threshold
-        threshold, source = 0.3, f"fixed 0.3 (no calibrated threshold: {exc})"
+        threshold, source = 0.3, f"fixed 0.3: no calibrated {embedder_name} threshold was available ({type(exc).__name__})"
     root = dataset_dir("lfw62")
     people = sorted(p for p in root.iterdir() if p.is_dir())[:users]
     svc = GalleryService(emb, SQLiteStore(store), threshold)
