@@ -205,3 +205,19 @@ def test_fast_eer_equals_the_full_roc_interpolation() -> None:
             s, y = _random_pairs(rng, int(rng.integers(2, 300)), decimals=decimals)
             roc = V.roc_curve(s, y)
             assert V.eer(s, y) == V._eer_index(roc)[0]
+
+
+@pytest.mark.parametrize("decimals", [None, 2, 1])
+def test_eer_identical_to_sklearn_roc_interpolation(decimals) -> None:
+    """The anchor of benchmarks/engine_speed.py (sklearn roc_curve + linear interpolation at the
+    sign change of FRR - FAR) gives exactly our EER, with and without ties, on float32 scores."""
+    rng = np.random.default_rng(13)
+    y = (rng.random(20_000) < 0.1).astype(np.int8)
+    s = (rng.standard_normal(20_000) + 1.5 * y).astype(np.float32)
+    if decimals is not None:
+        s = np.round(s, decimals)
+    fpr, tpr, _ = sk_roc_curve(y, s, drop_intermediate=False)
+    d = (1.0 - tpr) - fpr
+    k = int(np.argmax(d <= 0))
+    want = fpr[k] if d[k] == 0 or k == 0 else fpr[k - 1] + d[k - 1] / (d[k - 1] - d[k]) * (fpr[k] - fpr[k - 1])
+    assert V.eer(s, y) == float(want)
