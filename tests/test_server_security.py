@@ -219,3 +219,32 @@ def test_9_openapi_matches_the_service(doc_client: TestClient) -> None:
     for r in (c.request("TRACE", "/verify"), c.put("/users", content=b"", headers={"content-length": "0"})):
         assert r.status_code == 405 and r.headers["allow"], r.headers
     assert c.request("TRACE", "/verify").headers["allow"] == "POST"
+
+
+def test_limiter_window_expiry_and_reset_with_a_fake_clock() -> None:
+    from biomatch.server.ratelimit import AttemptLimiter, Throttled
+
+    now = [1000.0]
+    lim = AttemptLimiter(per_user_client=2, per_client=3, window_s=60, clock=lambda: now[0], max_queue_s=0.0)
+    for _ in range(2):
+        lim.release(lim.acquire_verify("alice", "A"), "failed")
+    with pytest.raises(Throttled) as exc:
+        lim.acquire_verify("alice", "A")
+    assert 59 <= exc.value.retry_after <= 60
+    lim.release(lim.acquire_verify("alice", "B"), "accepted")  # another client is not locked
+    lim.release(lim.acquire_verify("bob", "A"), "failed")  # A's third failure overall: client budget used up
+    with pytest.raises(Throttled, match="from this client"):
+        lim.acquire_verify("carol", "A")
+    with pytest.raises(Throttled):
+        lim.acquire_identify("A")
+    now[0] += 61  # the window slides past every failure
+    ticket = lim.acquire_verify("alice", "A")
+    lim.release(ticket, "accepted")
+    assert lim.failures("alice", "A") == 0
+    t1 = lim.acquire_verify("alice", "A")  # in flight: one slot of two
+    t2 = lim.acquire_verify("alice", "A")
+    with pytest.raises(Throttled, match="in flight"):  # a third would overbook; max_queue_s=0 → refused
+        lim.acquire_verify("alice", "A")
+    lim.release(t1, "error")  # no decision: frees the slot without counting
+    lim.release(t2, "error")
+    assert lim.failures("alice", "A") == 0 and lim.failures(None, "A") == 0
