@@ -141,3 +141,16 @@ def test_bad_inputs_raise_input_error() -> None:
         draw_references(10, 0, seed=0)
     with pytest.raises(InputError, match="feature sizes differ"):
         cosine_dissimilarity(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_in_place_and_other_dtype_outputs_equal_the_fresh_result() -> None:
+    gen = torch.Generator().manual_seed(5)
+    direct = torch.rand(50, 40, generator=gen, dtype=torch.float64)
+    a, b = torch.rand(50, 7, generator=gen, dtype=torch.float64), torch.rand(40, 7, generator=gen, dtype=torch.float64)
+    fresh = rsm_matrix(direct, a, b, alpha=0.7, chunk_size=16)
+    in_place = direct.clone()
+    assert rsm_matrix(in_place, a, b, alpha=0.7, chunk_size=16, out=in_place) is in_place
+    assert torch.equal(in_place, fresh)
+    other = torch.empty(50, 40, dtype=torch.float32)
+    rsm_matrix(direct, a, b, alpha=0.7, chunk_size=16, out=other)
+    assert torch.equal(other, fresh.float())

@@ -151,8 +151,8 @@ def _ranks_chunk_loop(block, q: torch.Tensor, g: torch.Tensor, nq: int, ng: int,
     sorted (numpy's SIMD sort; few for a good embedding, the whole row at worst) and every
     correct item's count of items scoring >= it comes from one binary search. Cost is one
     pass over the scores plus a sort of the candidates: it does not grow with the number
-    of correct items per query. numpy measured 4-9x faster than torch for the compare,
-    count and sort steps at 1 thread (benchmarks/engine_speed.py).
+    of correct items per query. numpy, not torch: at 1 thread torch's row sort measured
+    ~9x and its boolean count ~4x slower than numpy's (issue #13 notes).
     """
     if nq == 0 or ng == 0:
         raise InputError(f"empty {'queries' if nq == 0 else 'gallery'}: nothing to rank")
