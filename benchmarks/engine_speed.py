@@ -567,11 +567,15 @@ def main() -> None:
     rows: dict[str, Any] = {}
     for part in parts:
         rows.update({"retrieval": run_retrieval, "eer": run_eer, "rsm": run_rsm, "search": run_search}[part](args))
-    md = markdown(rows, args, threads)
-    print(md)
+        if not args.quick:  # after every part, so a late failure keeps what was measured
+            _write(rows, args, threads, start_load, time.perf_counter() - t0, parts)
+    print(markdown(rows, args, threads))
     if args.quick:
         print(f"\n--quick: nothing written ({time.perf_counter() - t0:.0f} s)")
-        return
+
+
+def _write(rows: dict, args: argparse.Namespace, threads: dict, start_load: list[float], seconds: float,
+           parts: list[str]) -> None:
     write_result(
         "engine_speed",
         benchmark="engine_speed",
@@ -583,10 +587,11 @@ def main() -> None:
         reference={"source": "DESIGN.md speed targets; issue #13",
                    "metrics": {"retrieval_ratio_vs_pml_max": 1.0, "eer_ratio_vs_sklearn_max": 0.33,
                                "ann_template_parity_min": 0.99}},
-        timing={"total_s": time.perf_counter() - t0},
-        extra={"threads": threads, "load": {"start": start_load, "end": load()}, "parts": parts},
+        timing={"total_s": seconds},
+        extra={"threads": threads, "load": {"start": start_load, "end": load()}, "parts": parts,
+               "argv": sys.argv[1:]},
     )
-    update_benchmarks_section("engine_speed", md)
+    update_benchmarks_section("engine_speed", markdown(rows, args, threads))
 
 
 if __name__ == "__main__":
