@@ -64,6 +64,7 @@ def fit_stacked(heads: Sequence[ProjectionHead], inputs: Sequence[torch.Tensor],
     base_lr = cfg.lr
     histories = [History() for _ in heads]
     normalize = heads[0].normalize
+    batched = _batched_objective(objective)
     start = time.perf_counter()
     bn.train()
     for epoch in range(cfg.epochs):
@@ -82,8 +83,11 @@ def fit_stacked(heads: Sequence[ProjectionHead], inputs: Sequence[torch.Tensor],
             z = torch.baddbmm(params[3][:, None, :], z.permute(1, 0, 2), params[2])  # (H, B, out)
             if normalize:
                 z = F.normalize(z, dim=-1)
-            losses = [objective(z[h], labels[idx[h]], views[idx[h]]) for h in range(n_heads)]
-            loss = torch.stack(losses).sum()
+            if batched is not None:
+                losses = batched(z, labels[idx], views[idx])
+            else:
+                losses = torch.stack([objective(z[h], labels[idx[h]], views[idx[h]]) for h in range(n_heads)])
+            loss = losses.sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -108,6 +112,37 @@ def fit_stacked(heads: Sequence[ProjectionHead], inputs: Sequence[torch.Tensor],
             norm.running_var.copy_(bn.running_var[sl])
             norm.num_batches_tracked.copy_(bn.num_batches_tracked)
     return histories
+
+
+def _batched_objective(objective: nn.Module) -> Callable | None:
+    """The cross-view batch-hard loss of every head in one go (same value as calling
+    `objective` head by head), or None for other objectives."""
+    from biomatch.objectives import CrossViewObjective
+
+    if not isinstance(objective, CrossViewObjective) or objective.soft:
+        return None
+
+    def one_side(d: torch.Tensor, same: torch.Tensor, anchor: torch.Tensor, margin: float) -> torch.Tensor:
+        other = ~anchor  # (H, B): candidates are the other view
+        pos_mask = same & other[:, None, :]
+        neg_mask = ~same & other[:, None, :]
+        hardest_pos = torch.where(pos_mask, d, torch.full_like(d, -torch.inf)).amax(2)
+        hardest_neg = torch.where(neg_mask, d, torch.full_like(d, torch.inf)).amin(2)
+        valid = anchor & pos_mask.any(2) & neg_mask.any(2)  # (H, B)
+        gap = torch.where(valid, torch.clamp(hardest_pos - hardest_neg + margin, min=0), torch.zeros_like(d[..., 0]))
+        count = valid.sum(1)
+        return torch.where(count > 0, gap.sum(1) / count.clamp(min=1), gap.sum(1) * 0.0)
+
+    def loss(z: torch.Tensor, labels: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        d = torch.cdist(z, z)
+        same = labels[:, :, None] == labels[:, None, :]
+        anchor = views == 0
+        out = one_side(d, same, anchor, objective.margin)
+        if objective.symmetric:
+            out = out + objective.symmetric * one_side(d, same, ~anchor, objective.margin)
+        return out
+
+    return loss
 
 
 def stderr_progress(line: str) -> None:
