@@ -34,11 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from palmprint_train import checkpoint_path  # noqa: E402
 
 MATCHERS = ("compcode", "compnet", "palmnet")
-M_GRID: tuple[int | None, ...] = (10, 30, 100, None)
+M_GRID: tuple[int | None, ...] = (10, 30, 100, 300)
 ALPHA_GRID = (0.5, 1.0, 2.0, 4.0)
 REF_SEEDS = (0, 1, 2, 3, 4)
 DEFAULT = (30, 1.0)
 PLOTS = RESULTS_DIR / "palmprint_full_plots"
+ROWS_DIR = RESULTS_DIR / "raw"  # raw rows (not result records), one per protocol x matcher
 REFERENCE = {
     "source": "RSM paper (CCNet on Tongji, 600 palms, closed set): EER 0.000042 % -> 0.000036 % with RSM",
     "metrics": {"eer": 4.2e-7, "eer_rsm": 3.6e-7},
@@ -128,7 +129,7 @@ def evaluate(key: str, protocol: str, choice: tuple[int | None, float], n_boot: 
     t = time.perf_counter()
     plain = summary(sm.direct, sm.probe_palms, sm.gallery_palms)
     plain_s = time.perf_counter() - t
-    plain.update(palm_bootstrap_eer(sm.direct, sm.probe_palms, sm.gallery_palms, n_boot=n_boot, seed=0))
+    plain.update(palm_bootstrap_eer(sm.direct, sm.probe_palms, sm.gallery_palms, n_boot=n_boot, seed=0, point_eer=plain["eer"]))
     labels = (sm.probe_palms[:, None] == sm.gallery_palms[None, :]).ravel()
     eers, rsm0, rsm_s = [], None, []
     for seed in REF_SEEDS:
@@ -137,7 +138,7 @@ def evaluate(key: str, protocol: str, choice: tuple[int | None, float], n_boot: 
         rsm_s.append(time.perf_counter() - t)
         if seed == 0:
             rsm0 = summary(mat, sm.probe_palms, sm.gallery_palms)
-            rsm0.update(palm_bootstrap_eer(mat, sm.probe_palms, sm.gallery_palms, n_boot=n_boot, seed=0))
+            rsm0.update(palm_bootstrap_eer(mat, sm.probe_palms, sm.gallery_palms, n_boot=n_boot, seed=0, point_eer=rsm0["eer"]))
             eers.append(rsm0["eer"])
             from biomatch.palmprint.full_report import write_figures
 
@@ -157,13 +158,19 @@ def _train_meta(key: str, protocol: str) -> dict:
     return {k: v for k, v in meta.items() if k != "history"}
 
 
-def run_eval(matchers: list[str], n_boot: int) -> list[dict]:
+def run_eval(matchers: list[str], n_boot: int, protocols: tuple[str, ...] = PROTOCOLS) -> list[dict]:
     torch.set_num_threads(1)
     rows = []
     for key in matchers:
-        table, choice = tune(ScoreMatrices.load(_scores_path(key, "validation")))
+        tune_cache = _scores_path(key, "validation").with_suffix(".tune.json")
+        if tune_cache.is_file():
+            cached = json.loads(tune_cache.read_text())
+            table, choice = cached["table"], (cached["m"], cached["alpha"])
+        else:
+            table, choice = tune(ScoreMatrices.load(_scores_path(key, "validation")))
+            tune_cache.write_text(json.dumps({"table": table, "m": choice[0], "alpha": choice[1]}))
         print(f"{key}: validation choice M={choice[0]}, alpha={choice[1]} ({table[_key(*choice)]:.5f} vs plain {table['plain']:.5f})", flush=True)
-        for protocol in PROTOCOLS:
+        for protocol in protocols:
             res = evaluate(key, protocol, choice, n_boot)
             train = _train_meta(key, protocol)
             p, r, e = res["plain"], res["rsm_seed0"], res["rsm_eers"]
@@ -193,6 +200,8 @@ def run_eval(matchers: list[str], n_boot: int) -> list[dict]:
             )
             print(f"{protocol} {key}: EER {p['eer']:.6f} -> RSM {mean_e:.6f} ± {std_e:.6f}; rank-1 {p['rank1']:.4f}", flush=True)
             rows.append(rec)
+            ROWS_DIR.mkdir(parents=True, exist_ok=True)
+            (ROWS_DIR / f"palmprint_full_row_{protocol}_{key}.json").write_text(json.dumps(rec, indent=1, default=float) + "\n")
     return rows
 
 
@@ -287,7 +296,7 @@ def markdown(rows: list[dict], sp: dict | None) -> str:
         "EER 0.000042 % → 0.000036 %.",
         markdown_table(header, table),
         "Validation sweep (palms 250–274 probes/gallery, references 275–299; mean EER over 5 draws), α = 0.5 / 1 / 2 / 4:",
-        markdown_table(["matcher", "plain"] + [f"M={m or 'all (500)'}" for m in M_GRID], sweep),
+        markdown_table(["matcher", "plain"] + [f"M={m}" for m in M_GRID], sweep),
     ]
     if sp:
         parts.append(
@@ -308,26 +317,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--part", choices=["all", "scores", "eval", "speed", "speed-child", "markdown"], default="all")
     parser.add_argument("--matchers", default=",".join(MATCHERS))
+    parser.add_argument("--protocols", default=",".join(PROTOCOLS))
     parser.add_argument("--n-boot", type=int, default=200)
     args = parser.parse_args()
     matchers = [m for m in args.matchers.split(",") if m]
     if args.part == "speed-child":
         print(json.dumps(speed()))
         return
-    rows_path = RESULTS_DIR / "raw" / "palmprint_full_rows.json"
     speed_path = RESULTS_DIR / "palmprint_full_speed.json"
     if args.part in ("all", "scores"):
         run_scores(matchers)
     if args.part in ("all", "speed"):
         run_speed()
     if args.part in ("all", "eval"):
-        rows = run_eval(matchers, args.n_boot)
-        old = json.loads(rows_path.read_text()) if rows_path.is_file() else []
-        keep = [r for r in old if r["matcher"] not in matchers]
-        rows_path.parent.mkdir(parents=True, exist_ok=True)
-        rows_path.write_text(json.dumps(keep + rows, indent=1, default=float) + "\n")
+        run_eval(matchers, args.n_boot, tuple(p for p in args.protocols.split(",") if p))
     if args.part in ("all", "eval", "markdown", "speed"):
-        rows = json.loads(rows_path.read_text()) if rows_path.is_file() else []
+        rows = [json.loads(f.read_text()) for f in sorted(ROWS_DIR.glob("palmprint_full_row_*.json"))]
         order = {m: i for i, m in enumerate(MATCHERS)}
         rows.sort(key=lambda r: (PROTOCOLS.index(r["protocol"]), order.get(r["matcher"], 9)))
         sp = json.loads(speed_path.read_text())["timing"] if speed_path.is_file() else None

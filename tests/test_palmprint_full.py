@@ -129,7 +129,8 @@ def test_palm_bootstrap_window_is_exact_and_ci_is_wider_than_pairs_suggest() -> 
     d = 0.5 + 0.1 * torch.randn(palms.size, palms.size, generator=gen)
     same = torch.from_numpy(palms[:, None] == palms[None, :])
     d[same] -= (0.4 * quality[torch.from_numpy(palms)])[:, None].expand(-1, palms.size)[same]
-    small = palm_bootstrap_eer(d, palms, palms, n_boot=60, seed=0, window=300)
+    small = palm_bootstrap_eer(d, palms, palms, n_boot=60, seed=0, window=300, min_share=0)
+    assert small["window_widened"] > 0  # the narrow window had to grow, and stayed exact
     full = palm_bootstrap_eer(d, palms, palms, n_boot=60, seed=0, window=10**7)
     assert small["eer_ci_low"] == pytest.approx(full["eer_ci_low"]) and small["eer_ci_high"] == pytest.approx(full["eer_ci_high"])
     s, g = pair_arrays(d, palms, palms)

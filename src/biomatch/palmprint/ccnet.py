@@ -234,7 +234,7 @@ class CompNetMatcher:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss)
+                total += float(loss.detach())
                 correct_loss += 1
             epoch += 1
             elapsed += time.perf_counter() - t0

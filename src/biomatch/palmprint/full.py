@@ -17,6 +17,7 @@ from torch import Tensor
 
 from biomatch.errors import InputError
 from biomatch.matching.rsm import RSM
+from biomatch.metrics.verification import eer as eer_of
 from biomatch.metrics.verification import verification_report
 from biomatch.palmprint.data import PalmSample, palm_labels
 from biomatch.palmprint.splits import Split, indices_of
@@ -179,6 +180,7 @@ def weighted_eer(scores: np.ndarray, genuine: np.ndarray, weights: np.ndarray,
 def palm_bootstrap_eer(
     dissim: Tensor, probe_palms: np.ndarray, gallery_palms: np.ndarray, *,
     n_boot: int = 200, seed: int = 0, confidence: float = 0.95, window: int = 200_000,
+    min_share: float = 5.0, point_eer: float | None = None,
 ) -> dict[str, float]:
     """Percentile CI of the EER when *palms* (not pairs) are resampled with replacement.
 
@@ -186,7 +188,8 @@ def palm_bootstrap_eer(
     (i, j) gets weight c[palm_i] * c[palm_j] (genuine pairs c^2). Only genuine pairs and the
     ``window`` highest-scoring impostors are sorted; the other impostors enter through the
     closed-form total weight (sum_p c_p n_probe_p)(sum_q c_q n_gallery_q) - sum_p c_p^2 n_probe_p n_gallery_p.
-    A replicate whose crossing falls below the window is recomputed on all pairs.
+    The window starts at max(``window``, 5 x EER x impostors) and is widened (x4) whenever a
+    replicate's crossing falls below it, so every replicate is exact.
     """
     if n_boot < 1:
         raise InputError(f"n_boot must be >= 1, got {n_boot}")
@@ -195,27 +198,36 @@ def palm_bootstrap_eer(
     n_probe = np.bincount(pp, minlength=palms.size).astype(np.float64)
     n_gal = np.bincount(gp, minlength=palms.size).astype(np.float64)
     s_all, gen_all = pair_arrays(dissim, probe_palms, gallery_palms)
-    imp_idx = np.flatnonzero(~gen_all)
-    if window < imp_idx.size:
-        top = np.argpartition(-s_all[imp_idx], window)[:window]
-        imp_idx = imp_idx[top]
-    keep = np.r_[np.flatnonzero(gen_all), imp_idx]
-    s, gen = s_all[keep], gen_all[keep]
-    row_p, col_p = pp[keep // len(gallery_palms)], gp[keep % len(gallery_palms)]
+    imp_all = np.flatnonzero(~gen_all)
+    imp_neg = -s_all[imp_all]
+    gen_idx = np.flatnonzero(gen_all)
+    # the window must hold every impostor above any replicate's EER threshold: >= 5 x the point EER's share
+    if min_share > 0:
+        point = eer_of(s_all, gen_all) if point_eer is None else point_eer
+        window = max(window, int(min_share * point * imp_all.size))
+
+    def kept(win: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
+        imp = imp_all if win >= imp_all.size else imp_all[np.argpartition(imp_neg, win)[:win]]
+        keep = np.r_[gen_idx, imp]
+        floor = -math.inf if win >= imp_all.size else float(s_all[imp].min())
+        return s_all[keep], gen_all[keep], pp[keep // len(gallery_palms)], gp[keep % len(gallery_palms)], floor
+
+    s, gen, row_p, col_p, floor = kept(window)
     rng = np.random.default_rng(seed)
     values = np.empty(n_boot)
-    full_recomputes = 0
+    widened = 0
     for b in range(n_boot):
         c = np.bincount(rng.integers(0, palms.size, palms.size), minlength=palms.size).astype(np.float64)
         tg = float((c**2 * n_probe * n_gal).sum())
         ti = float((c * n_probe).sum() * (c * n_gal).sum() - (c**2 * n_probe * n_gal).sum())
         value, thr = weighted_eer(s, gen, c[row_p] * c[col_p], tg, ti)
-        if math.isnan(value) or thr <= s[~gen].min():
-            w_all = c[pp][:, None] * c[gp][None, :]
-            value, _ = weighted_eer(s_all, gen_all, w_all.ravel())
-            full_recomputes += 1
+        while math.isnan(value) or thr <= floor:  # crossing below the window: widen it (exact again)
+            window *= 4
+            widened += 1
+            s, gen, row_p, col_p, floor = kept(window)
+            value, thr = weighted_eer(s, gen, c[row_p] * c[col_p], tg, ti)
         values[b] = value
     a = (1.0 - confidence) / 2
     low, high = np.quantile(values, [a, 1.0 - a])
     return {"eer_ci_low": float(low), "eer_ci_high": float(high), "n_boot": n_boot, "confidence": confidence,
-            "resampled": "palms", "full_recomputes": full_recomputes}
+            "resampled": "palms", "window_widened": widened, "window": min(window, int(imp_all.size))}

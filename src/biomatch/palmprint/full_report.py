@@ -33,9 +33,9 @@ def write_figures(sm: ScoreMatrices, rescored: Tensor, rsm_name: str, out_dir: P
     keep = _subsample(gen, max_impostors, 0)
     y = gen[keep].astype(np.int8)
     n_imp = int((~gen).sum())
-    sub = f" ({int((y == 0).sum()):,} of {n_imp:,} impostors drawn)" if keep.size < gen.size else ""
+    sub = f"\n({int((y == 0).sum()):,} of {n_imp:,} impostors drawn)" if keep.size < gen.size else ""
     curves = {"plain": (plain[keep], y), rsm_name: (rsm[keep], y)}
-    title = f"{sm.matcher}, TongjiFull {sm.protocol} set{sub}"
+    title = f"{sm.matcher.split(' (')[0]}, TongjiFull {sm.protocol} set{sub}"
     out = Path(out_dir)
     paths = [plot_histograms(curves, out / f"{prefix}_hist.png", title), plot_det(curves, out / f"{prefix}_det.png", title)]
     t_plain, t_rsm = eer_threshold(plain, gen.astype(np.int8)), eer_threshold(rsm, gen.astype(np.int8))
@@ -57,7 +57,7 @@ def write_figures(sm: ScoreMatrices, rescored: Tensor, rsm_name: str, out_dir: P
                                  caption=f"palm {a.palm}/{b.palm}"))
     paths.append(plot_trouble_pairs(
         pairs, out / f"{prefix}_trouble.png",
-        f"{title}\n{len(wrong):,} pairs wrong at the plain EER threshold; RSM (own EER threshold) "
-        f"fixes {int(fixed.sum()):,}; {len(pairs)} shown",
+        f"{sm.matcher.split(' (')[0]}, {sm.protocol} set: {len(wrong):,} pairs wrong\nat the plain EER threshold; "
+        f"RSM (own EER thr.) fixes {int(fixed.sum()):,}; {len(pairs)} shown",
     ))
     return paths
