@@ -94,7 +94,7 @@ def run_config(path: str, seeds: Sequence[int], role: str, samples, device: str,
         r = run_method(cfg, make_split(samples, seed), device=device, progress=False)
         ci = bootstrap_ci(r.ranks, n_boot=1000, seed=seed)["recall@1"]
         rec = {"seed": seed, **{m: r.metrics[m] for m in METRICS},
-               **{k: v for k, v in r.metrics.items() if k.startswith("fta")},
+               **{k: v for k, v in r.metrics.items() if k.startswith(("fta", "geo"))},
                "recall@1_ci95": list(ci), "n_queries": len(r.queries), "n_gallery": len(r.gallery),
                "n_gallery_subjects": len({g.identity for g in r.gallery}),
                "rank_histogram": rank_histogram(r.ranks.first_rank),

@@ -265,6 +265,7 @@ class FusionHead(nn.Module):
         return torch.cat(z, dim=1)
 
 
+GEOMETRY_SWEEP = (0.0, 0.05, 0.1, 0.2, 0.4)
 HEAD_SEED_STRIDE = 7919  # head j of an ensemble trains with seed split.seed + j * stride
 BACKBONE_SEED_STRIDE = 104729  # with score fusion, backbone b's heads add b * this
 
@@ -421,7 +422,13 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
             from biomatch.hands.geometry import GeometryScorer
 
             geo = GeometryScorer.fit(bank.geometry_of(train), [s.identity for s in train])
-            scores = scores + cfg.geometry_weight * geo.scores(bank.geometry_of(queries), bank.geometry_of(gallery))
+            geo_scores = geo.scores(bank.geometry_of(queries), bank.geometry_of(gallery))
+            # the same heads at other geometry weights (0 = without geometry): a free ablation,
+            # recorded for the tuning seeds' choice of the weight
+            for w in GEOMETRY_SWEEP:
+                r = retrieval_summary(ranks_from_scores(scores + w * geo_scores, q_ids, g_ids))
+                extra[f"geo{w:g}:recall@1"], extra[f"geo{w:g}:mean_rank"] = r["recall@1"], r["mean_rank"]
+            scores = scores + cfg.geometry_weight * geo_scores
         ranks = ranks_from_scores(scores, q_ids, g_ids)
     n_images = len(all_samples) * len(cfg.backbones) * (2 if bank.mirrored is not None else 1)
     timing = {"features_s": bank.seconds, "train_s": train_s}
