@@ -16,6 +16,7 @@ M seeds" only compares seeds both rows ran.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -102,23 +103,45 @@ def run_config(path: str, seeds: Sequence[int], role: str, samples, device: str,
                "features_s": r.timing["features_s"], "commit": git_commit(),
                "load_before": list(load_before), "load_after": list(os.getloadavg())}
         per_seed.append(rec)
-        per_seed.sort(key=lambda p: p["seed"])
+        with _locked(out):  # several processes may run seeds of one config: merge, never clobber
+            if out.is_file():
+                other = json.loads(out.read_text())
+                if other.get("config") == cfg.model_dump():
+                    mine = {p["seed"] for p in per_seed}
+                    per_seed += [p for p in other.get("per_seed", []) if p["seed"] not in mine]
+            per_seed.sort(key=lambda p: p["seed"])
+            _write(cfg, name, role, seeds, per_seed, results_dir)
         if cfg.name == BEST_METHOD and seed == seeds[0]:
             plot_worst_queries(r, results_dir / PLOTS.name / f"{cfg.name}_{role}_seed{seed}_worst.png")
-        write_result(
-            name, benchmark="hands_dorsal_palmar", method=f"{cfg.name}: {cfg.description}", dataset=DATASET,
-            protocol=PROTOCOL, seeds=[p["seed"] for p in per_seed], metrics=aggregate(per_seed),
-            reference=_reference(cfg.name),
-            timing={"train_s_mean": float(np.mean([p["train_s"] for p in per_seed])),
-                    "features_s_first_seed": per_seed[0]["features_s"]},
-            extra={"seed_role": role, "seeds_planned": list(seeds), "complete": len(per_seed) == len(seeds),
-                   "config": cfg.model_dump(), "verdict": cfg.verdict, "per_seed": per_seed,
-                   "load": list(os.getloadavg())},
-            results_dir=results_dir,
-        )
         print(f"{cfg.name} [{role}] seed {seed}: R@1 {r.metrics['recall@1']:.3f} mean rank "
               f"{r.metrics['mean_rank']:.2f} ({r.timing['train_s']:.0f} s train)", flush=True)
     return json.loads(out.read_text())
+
+
+@contextlib.contextmanager
+def _locked(path):
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _write(cfg, name: str, role: str, seeds: Sequence[int], per_seed: list[dict], results_dir) -> None:
+    planned = sorted(set(seeds) | {p["seed"] for p in per_seed})
+    write_result(
+        name, benchmark="hands_dorsal_palmar", method=f"{cfg.name}: {cfg.description}", dataset=DATASET,
+        protocol=PROTOCOL, seeds=[p["seed"] for p in per_seed], metrics=aggregate(per_seed),
+        reference=_reference(cfg.name),
+        timing={"train_s_mean": float(np.mean([p["train_s"] for p in per_seed])),
+                "features_s_first_seed": per_seed[0]["features_s"]},
+        extra={"seed_role": role, "seeds_planned": list(TUNING_SEEDS if role == "tuning" else REPORT_SEEDS),
+               "complete": set(TUNING_SEEDS if role == "tuning" else REPORT_SEEDS) <= {p["seed"] for p in per_seed},
+               "config": cfg.model_dump(), "verdict": cfg.verdict, "per_seed": per_seed,
+               "load": list(os.getloadavg()), "seeds_this_process": planned},
+        results_dir=results_dir,
+    )
 
 
 def _reference(name: str) -> dict:
