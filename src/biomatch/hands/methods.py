@@ -118,6 +118,26 @@ def build_head(cfg: MethodConfig, in_dim: int, seed: int = 0) -> ProjectionHead:
         return ProjectionHead([in_dim, *cfg.head_dims], normalize=cfg.normalize, dropout=cfg.dropout)
 
 
+def _whole_dataset(samples: list[Sample]) -> list[Sample]:
+    """Every image of the 11k Hands folder these samples come from (sorted by path), when they
+    all come from one: then every split, subset and script shares one feature/landmark cache
+    file per data set instead of one per sample subset. Otherwise the samples themselves."""
+    roots = {s.path.parent.parent for s in samples}
+    if len(roots) != 1:
+        return samples
+    root = next(iter(roots))
+    if not (root / "HandInfo.csv").is_file():
+        return samples
+    from biomatch.data.datasets import load_hands11k
+
+    try:
+        everything = sorted(load_hands11k(root, samples[0].path.parent.name), key=lambda s: str(s.path))
+    except Exception:  # not an 11k Hands layout after all
+        return samples
+    paths = {s.path for s in everything}
+    return everything if all(s.path in paths for s in samples) else samples
+
+
 class FeatureBank:
     """Backbone features (plain and mirrored) of every sample, L2-normalized per backbone and
     concatenated: the input of the head in frozen mode. `dims` holds each backbone's width, in
@@ -130,7 +150,7 @@ class FeatureBank:
 
     def __init__(self, cfg: MethodConfig, samples: Sequence[Sample], device: str = "cpu",
                  cache: Path | None = None, progress: bool = True) -> None:
-        ordered = sorted(samples, key=lambda s: str(s.path))
+        ordered = _whole_dataset(sorted(samples, key=lambda s: str(s.path)))
         self.index = {s.path: i for i, s in enumerate(ordered)}
         from biomatch.hands.masking import background_transform
 
