@@ -131,8 +131,10 @@ def register(app: typer.Typer) -> None:
         page = write_hands_report(results, out, notes=_demo_notes(seed), run_info=run_info, split=split)
         total = time.perf_counter() - t0
         say(f"report: [green]{page}[/] (and {page.with_suffix('.md')})")
-        console.print(f"demo finished in {int(total // 60)} min {total % 60:.0f} s (wall clock); 1-min load average "
-                      f"during the run: mean {load['mean']:.1f}, max {load['max']:.1f} on {os.cpu_count()} CPUs")
+        cpu = time.process_time()
+        console.print(f"demo finished in {int(total // 60)} min {total % 60:.0f} s (wall clock; {cpu:.0f} CPU-seconds "
+                      f"used by this process); 1-min load average during the run: mean {load['mean']:.1f}, max "
+                      f"{load['max']:.1f} on {os.cpu_count()} CPUs")
 
     @app.command()
     def train(
