@@ -58,7 +58,7 @@ def test_roundtrip_and_hash_mismatch(tmp_path):
     assert raw["metric"] == "cosine similarity" and raw["model_sha256"] == HASH_A and raw["target_far"] == 1e-2
     assert load_threshold(path, model_sha256=HASH_A, preprocess=prep) == th
     with pytest.raises(StateError) as err:
-        load_threshold(path, model_sha256=HASH_B)
+        load_threshold(path, model_sha256=HASH_B, preprocess=prep)
     assert HASH_A in str(err.value) and HASH_B in str(err.value)
     with pytest.raises(StateError, match="preprocessing"):
         load_threshold(path, model_sha256=HASH_A, preprocess={**prep, "crop": None})
@@ -76,13 +76,85 @@ def test_load_errors(tmp_path):
         load_threshold(bad, model_sha256=HASH_A)
 
 
-def test_vendored_thresholds_are_bound_to_their_models():
+def _artifact(tmp_path, **change):
+    s, y = _scores()
+    prep = {"input": "align", "size": [112, 112]}
+    raw = json.loads(json.dumps(calibrate(s, y, target_far=1e-2, model_sha256=HASH_A, dataset="synthetic",
+                                          preprocess=prep).__dict__))
+    raw.update(change)
+    path = tmp_path / "t.threshold.json"
+    path.write_text(json.dumps(raw))
+    return path, prep
+
+
+@pytest.mark.parametrize("value", [-1, -1.0, -5, 1.0001, 2, float("nan"), "0.3", None, True])
+def test_threshold_outside_cosine_range_is_refused(tmp_path, value):
+    """-1 would accept every probe (issue #11 item 4), > 1 reject every probe; non-numbers are not thresholds."""
+    path, prep = _artifact(tmp_path, threshold=value)
+    with pytest.raises(InputError, match="threshold"):
+        load_threshold(path, model_sha256=HASH_A, preprocess=prep)
+
+
+@pytest.mark.parametrize("value", [-0.999, 0.0, 0.35, 1.0])
+def test_thresholds_inside_the_range_load(tmp_path, value):
+    path, prep = _artifact(tmp_path, threshold=value)
+    assert load_threshold(path, model_sha256=HASH_A, preprocess=prep).threshold == value
+
+
+@pytest.mark.parametrize("prep", [None, {}, "crop"])
+def test_missing_preprocessing_is_refused_not_skipped(tmp_path, prep):
+    path, real = _artifact(tmp_path, preprocess=prep)
+    with pytest.raises(InputError, match="preprocess"):
+        load_threshold(path, model_sha256=HASH_A, preprocess=real)
+    with pytest.raises(InputError, match="preprocess"):  # even when the caller does not check it
+        load_threshold(path, model_sha256=HASH_A)
+
+
+def test_bad_model_hash_field_is_refused(tmp_path):
+    path, prep = _artifact(tmp_path, model_sha256=None)
+    with pytest.raises(InputError, match="model_sha256"):
+        load_threshold(path, model_sha256=HASH_A, preprocess=prep)
+
+
+def test_vendored_thresholds_are_bound_to_their_models_and_pipelines():
     from biomatch.faces.embedder import FaceEmbedder
 
     float_model, int8_model = FaceEmbedder.default(), FaceEmbedder.default(int8=True)
-    if not float_model.threshold_path.is_file():
-        pytest.skip("no calibrated threshold shipped")
-    th = float_model.load_threshold()
-    assert isinstance(th, Threshold) and 0.0 < th.threshold < 1.0 and th.far <= th.target_far
+    crop_model = FaceEmbedder.default(detect=False)
+    for m in (float_model, int8_model, crop_model):
+        th = m.load_threshold()
+        assert isinstance(th, Threshold) and 0.0 < th.threshold < 1.0 and th.far <= th.target_far
+        assert th.preprocess == m.preprocessing
+    assert crop_model.threshold_path != float_model.threshold_path  # face-crop has its own threshold
     with pytest.raises(StateError, match="sha256"):
         int8_model.load_threshold(float_model.threshold_path)
+    # same model file, other pipeline: refused for its preprocessing
+    with pytest.raises(StateError, match="preprocessing"):
+        crop_model.load_threshold(float_model.threshold_path)
+    with pytest.raises(StateError, match="preprocessing"):
+        float_model.load_threshold(crop_model.threshold_path)
+    other_detectors = FaceEmbedder.default()
+    other_detectors.detectors = ("haar",)
+    with pytest.raises(StateError, match="preprocessing"):
+        other_detectors.load_threshold(float_model.threshold_path)
+
+
+def test_pre_alignment_artifacts_are_refused(tmp_path):
+    """The artifacts shipped before alignment (model hash right, preprocessing of the Haar-framed
+    crop pipeline) are refused by the aligned and by the face-crop pipeline."""
+    import subprocess
+
+    from biomatch.faces.embedder import FaceEmbedder
+    from biomatch.paths import REPO_ROOT
+
+    old = subprocess.run(["git", "show", "c556f5e:src/biomatch/assets/mobilefacenet/MobileFaceNet.threshold.json"],
+                         cwd=REPO_ROOT, capture_output=True, text=True)
+    if old.returncode != 0:
+        pytest.skip("git history not available")
+    path = tmp_path / "old.threshold.json"
+    path.write_text(old.stdout)
+    float_model = FaceEmbedder.default()
+    assert json.loads(old.stdout)["model_sha256"] == float_model.model_hash
+    for m in (float_model, FaceEmbedder.default(detect=False)):
+        with pytest.raises(StateError, match="preprocessing"):
+            m.load_threshold(path)

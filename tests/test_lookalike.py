@@ -1,5 +1,6 @@
-"""Look-alike search: own identity and the query file excluded, nearest identities first,
-clear errors, the grid image; faces through the shipped MobileFaceNet when LFW62 is here."""
+"""Look-alike search: own identity and the query file excluded, most similar identities first
+(cosine similarity), per-identity aggregates against brute force, clear errors, the grid image;
+faces detected and aligned through the shipped MobileFaceNet when LFW62 is here."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from PIL import Image
 
 from biomatch.errors import InputError, NotFoundError
-from biomatch.lookalike import LookalikeFinder, center_crop, lookalike_grid
+from biomatch.lookalike import AGGREGATES, LookalikeFinder, aggregate_scores, center_crop, lookalike_grid
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,8 @@ def gallery(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def finder(gallery, tmp_path_factory):
-    return LookalikeFinder(gallery, "efficientnet_lite0", cache=tmp_path_factory.mktemp("cache"), progress=False)
+    return LookalikeFinder(gallery, "efficientnet_lite0", cache=tmp_path_factory.mktemp("cache"), progress=False,
+                           aggregate="nearest")
 
 
 def test_query_in_gallery_excludes_own_identity_and_itself(finder, gallery):
@@ -37,10 +39,10 @@ def test_query_in_gallery_excludes_own_identity_and_itself(finder, gallery):
     matches, crop, how = finder.search(q, k=4)
     assert [m.identity for m in matches].count("person2") == 0 and len(matches) == 4
     assert len({m.identity for m in matches}) == 4
-    assert [m.distance for m in matches] == sorted(m.distance for m in matches)
+    assert [m.similarity for m in matches] == sorted((m.similarity for m in matches), reverse=True)
     with_own, _, _ = finder.search(q, k=1, auto_exclude=False)
     # its own identity's *other* image is the nearest; the query file itself is never returned
-    assert with_own[0].identity == "person2" and with_own[0].path.name == "1.png" and with_own[0].distance > 0
+    assert with_own[0].identity == "person2" and with_own[0].path.name == "1.png" and with_own[0].similarity < 1 - 1e-4
     assert how == "center crop"
 
 
@@ -48,7 +50,7 @@ def test_external_copy_finds_its_source_at_distance_zero(finder, gallery, tmp_pa
     q = tmp_path / "me.png"
     shutil.copy(gallery / "person3" / "1.png", q)
     matches, _, _ = finder.search(q, k=2)
-    assert matches[0].identity == "person3" and matches[0].distance == pytest.approx(0.0, abs=1e-4)
+    assert matches[0].identity == "person3" and matches[0].similarity == pytest.approx(1.0, abs=1e-4)
     excluded, _, _ = finder.search(q, k=2, exclude_identity="person3")
     assert "person3" not in [m.identity for m in excluded]
     out = lookalike_grid(Image.open(q).convert("RGB"), matches, tmp_path / "grid.png", title="t")
@@ -80,7 +82,50 @@ def test_center_crop_is_square_and_central():
     assert center_crop(img, 8).size == (8, 8)
 
 
-def test_faces_use_the_face_embedder_and_exclude_the_person(tmp_path):
+def test_aggregates_against_brute_force():
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((30, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    labels = rng.integers(0, 5, 30)
+    labels[:5] = np.arange(5)  # every identity present
+    q = emb[0] * 0.5 + emb[7] * 0.5
+    q /= np.linalg.norm(q)
+    sims = emb @ q
+    for how in AGGREGATES:
+        got = aggregate_scores(sims, labels, 5, how, emb, q)
+        for c in range(5):
+            s = sorted(float(v) for v in sims[labels == c])
+            want = {"nearest": s[-1], "top3": sum(s[-3:]) / len(s[-3:]),
+                    "centroid": float(emb[labels == c].mean(0) @ q / np.linalg.norm(emb[labels == c].mean(0)))}[how]
+            assert got[c] == pytest.approx(want)
+    sims[labels == 2] = -np.inf  # an identity without usable images drops out
+    assert aggregate_scores(sims, labels, 5, "top3")[2] == -np.inf
+    with pytest.raises(InputError, match="unknown aggregate"):
+        aggregate_scores(sims, labels, 5, "median")
+
+
+def test_aggregate_does_not_favour_identities_with_many_photos():
+    """One moderately similar photo among many should not beat a consistently similar identity."""
+    rng = np.random.default_rng(1)
+    many = np.r_[0.62, rng.uniform(-0.1, 0.2, 99)]  # 100 photos, one lucky
+    few = np.array([0.6, 0.58, 0.57])  # 3 photos, all alike
+    sims = np.r_[many, few]
+    labels = np.r_[np.zeros(100, int), np.ones(3, int)]
+    assert np.argmax(aggregate_scores(sims, labels, 2, "nearest")) == 0
+    assert np.argmax(aggregate_scores(sims, labels, 2, "top3")) == 1
+    # centroid: 100 unrelated directions average out; 3 aligned ones do not
+    rng = np.random.default_rng(2)
+    q = np.eye(16)[0]
+    lucky = rng.standard_normal((100, 16))
+    lucky[0] = q * 0.62 + np.eye(16)[1] * 0.78
+    alike = q * 0.6 + rng.standard_normal((3, 16)) * 0.1
+    emb = np.r_[lucky, alike]
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    c = aggregate_scores(emb @ q, labels, 2, "centroid", emb, q)
+    assert np.argmax(c) == 1
+
+
+def test_faces_are_detected_aligned_and_no_face_is_an_error(tmp_path):
     from biomatch.paths import dataset_dir
 
     try:
@@ -91,17 +136,56 @@ def test_faces_use_the_face_embedder_and_exclude_the_person(tmp_path):
     for name in people:
         (tmp_path / "g" / name).mkdir(parents=True)
         for f in sorted((lfw / name).iterdir())[:3]:
-            shutil.copy(f, tmp_path / "g" / name / f.name)
+            # ordinary photos: the face somewhere in a bigger picture
+            photo = Image.new("RGB", (400, 300), (60, 80, 100))
+            photo.paste(Image.open(f).convert("RGB").resize((160, 160)), (200, 60))
+            photo.save(tmp_path / "g" / name / f.name)
+    Image.new("RGB", (200, 120), (90, 120, 200)).save(tmp_path / "g" / people[1] / "sky.png")  # no face
     finder = LookalikeFinder(tmp_path / "g", "auto", cache=tmp_path / "cache", progress=False)
-    assert finder.embedder == "face"
+    assert finder.embedder == "face" and finder.n_without_face == 1 and finder.aggregate == "centroid"
     # another photo of person 0 (not in the gallery) is recognised when not excluded ...
     other = sorted((lfw / people[0]).iterdir())[5]
     top, crop, how = finder.search(other, k=1)
-    assert top[0].identity == people[0] and how == "face detector" and crop.size == (112, 112)
+    assert top[0].identity == people[0] and how.startswith("face found by") and crop.size == (112, 112)
+    assert -1.0 <= top[0].similarity <= 1.0 and top[0].path.name != "sky.png"
     # ... and excluded when its identity is given
     rest, _, _ = finder.search(other, k=3, exclude_identity=people[0])
     assert people[0] not in [m.identity for m in rest]
-    # a picture without a face falls back to a center crop
-    Image.new("RGB", (200, 120), (90, 120, 200)).save(tmp_path / "sky.png")
-    _, crop, how = finder.search(tmp_path / "sky.png", k=1)
-    assert how.startswith("center crop") and crop.size == (112, 112)
+    assert [m.similarity for m in rest] == sorted((m.similarity for m in rest), reverse=True)
+    # a picture without a face is an error, unless detection is switched off
+    with pytest.raises(InputError, match="no face found in .*sky.png.*--no-detect"):
+        finder.search(tmp_path / "g" / people[1] / "sky.png", k=1)
+    _, crop, how = finder.search(tmp_path / "g" / people[1] / "sky.png", k=1, detect=False)
+    assert how.startswith("no detection") and crop.size == (112, 112)
+
+
+def test_cli_lookalike_prints_cosine_similarity_and_fails_without_a_face(tmp_path):
+    from typer.testing import CliRunner
+
+    from biomatch.cli import app
+    from biomatch.paths import dataset_dir
+
+    try:
+        lfw = dataset_dir("lfw62")
+    except NotFoundError:
+        pytest.skip("lfw62 not available")
+    people = sorted(p.name for p in lfw.iterdir() if p.is_dir())[:3]
+    for name in people:
+        (tmp_path / "g" / name).mkdir(parents=True)
+        for f in sorted((lfw / name).iterdir())[:2]:
+            shutil.copy(f, tmp_path / "g" / name / f.name)
+    query = sorted((lfw / people[0]).iterdir())[4]
+    runner = CliRunner()
+    res = runner.invoke(app, ["lookalike", str(query), "--gallery", str(tmp_path / "g"), "-k", "2",
+                              "--out", str(tmp_path / "grid.png")])
+    assert res.exit_code == 0, res.output
+    assert "similarity" in res.output and "distance" not in res.output and (tmp_path / "grid.png").is_file()
+    hand = tmp_path / "hand.png"
+    Image.new("RGB", (200, 150), (200, 160, 140)).save(hand)
+    res = runner.invoke(app, ["lookalike", str(hand), "--gallery", str(tmp_path / "g"), "-k", "2",
+                              "--out", str(tmp_path / "grid2.png")])
+    # biomatch.cli.main turns this InputError into one line on stderr and exit code 2
+    assert res.exit_code != 0 and isinstance(res.exception, InputError) and "no face found" in str(res.exception)
+    res = runner.invoke(app, ["lookalike", str(hand), "--gallery", str(tmp_path / "g"), "-k", "2", "--no-detect",
+                              "--out", str(tmp_path / "grid3.png")])
+    assert res.exit_code == 0, res.output

@@ -63,7 +63,8 @@ def register(app: typer.Typer) -> None:
         calib_dir: Path | None = typer.Option(None, help="Images for static int8 calibration."),
         calib_count: int = typer.Option(128, help="How many calibration images to draw."),
         seed: int = typer.Option(0, help="Seed for drawing calibration images."),
-        preset: str = typer.Option("face", help="Preprocessing: 'face' (MobileFaceNet) or 'imagenet'."),
+        preset: str = typer.Option("face", help="Preprocessing: 'face' (MobileFaceNet on detected, aligned faces), "
+                                    "'face-crop' (LFW-framed crops) or 'imagenet'."),
         input_size: int = typer.Option(112, help="Square input size (imagenet preset / torch export)."),
         backbone: str | None = typer.Option(None, help="Registered backbone name, for state-dict checkpoints."),
         head_dims: str | None = typer.Option(None, help="Projection head dims, e.g. 1280,512,128."),
@@ -76,13 +77,15 @@ def register(app: typer.Typer) -> None:
             quantize_dynamic_int8,
             quantize_static_int8,
         )
-        from biomatch.faces.embedder import FACE_PREPROCESS
+        from biomatch.faces.embedder import ALIGNED_PREPROCESS, FACE_PREPROCESS
 
         if quantize not in {"none", "static", "dynamic"}:
             raise InputError(f"--quantize must be none, static or dynamic, got {quantize!r}")
-        if preset not in {"face", "imagenet"}:
-            raise InputError(f"--preset must be face or imagenet, got {preset!r}")
-        prep = FACE_PREPROCESS if preset == "face" else Preprocess(size=(input_size, input_size))
+        presets = {"face": ALIGNED_PREPROCESS, "face-crop": FACE_PREPROCESS,
+                   "imagenet": Preprocess(size=(input_size, input_size))}
+        if preset not in presets:
+            raise InputError(f"--preset must be face, face-crop or imagenet, got {preset!r}")
+        prep = presets[preset]
         if source.suffix == ".onnx":
             float_path = source
             if not source.is_file():
@@ -96,7 +99,13 @@ def register(app: typer.Typer) -> None:
             if calib_dir is None:
                 raise InputError("static int8 needs --calib-dir with ~100 representative images")
             files = calibration_images(calib_dir, calib_count, seed)
-            calib = prep.batch([load_image(p) for p in files])
+            images = [load_image(p) for p in files]
+            if preset == "face":  # calibrate on what the model sees: detected, aligned faces
+                from biomatch.faces.embedder import FaceEmbedder
+
+                images = FaceEmbedder.default(float_path if float_path.suffix == ".onnx" else None,
+                                              on_missing="frame").prepare(images, [str(p) for p in files])
+            calib = prep.batch(images)
             quantize_static_int8(float_path, out, calib)
             typer.echo(f"static int8 ({len(files)} calibration images) -> {out}")
         elif quantize == "dynamic":
@@ -110,25 +119,36 @@ def register(app: typer.Typer) -> None:
         pairs: Path | None = typer.Option(None, help="LFW pairs.txt (default: the shared lfw_pairs)."),
         model: Path | None = typer.Option(None, help="Face ONNX model (default: the vendored MobileFaceNet)."),
         int8: bool = typer.Option(False, help="Use the vendored static-int8 model."),
+        crop: bool = typer.Option(False, "--crop", help="Calibrate the face-crop pipeline (no detection) instead "
+                                  "of detection + alignment."),
         target_far: float = typer.Option(1e-3, help="False accept rate the threshold must not exceed."),
         out: Path | None = typer.Option(None, help="Artifact path (default: beside the model)."),
     ) -> None:
-        """Choose the unlock threshold for a target FAR on LFW pairs; save it bound to the model hash."""
+        """Choose the unlock threshold for a target FAR on LFW pairs; save it bound to the model hash
+        and the preprocessing (an artifact made for another model or pipeline is then refused)."""
         from biomatch.calibration import calibrate as calibrate_threshold
         from biomatch.calibration import save_threshold
         from biomatch.faces.embedder import FaceEmbedder
-        from biomatch.faces.lfw import default_pairs, parse_pairs, score_pairs
+        from biomatch.faces.lfw import cached_embeddings, default_pairs, parse_pairs
 
+        if not 0.0 < target_far < 1.0:
+            raise InputError(f"--target-far must be in (0, 1), got {target_far}")
         lfw = parse_pairs(pairs) if pairs is not None else default_pairs()
-        embedder = FaceEmbedder.default(model, int8=int8)
-        scores = score_pairs(embedder, lfw)
+        # the face-crop pipeline is calibrated on LFW crops as they are (its guard is for users' inputs)
+        embedder = FaceEmbedder.default(model, int8=int8, detect=not crop, on_missing="frame", guard=False)
+        images = lfw.images
+        emb, found = cached_embeddings(embedder, lfw, images)
+        a, b = lfw.index_pairs(images)
+        scores = (emb[a] * emb[b]).sum(1).astype("float64")
+        fta = found.count("none") / len(found) if found else 0.0
         th = calibrate_threshold(
             scores, lfw.labels, target_far=target_far, model_sha256=embedder.model_hash,
             dataset=f"LFW View 2 pairs ({lfw.root.name}/pairs.txt, all {len(lfw)} pairs)",
-            preprocess=embedder.preprocess.to_dict(),
+            preprocess=FaceEmbedder.default(model, int8=int8, detect=not crop).preprocessing,
+            extra={"fta": fta, "detectors": {d: found.count(d) for d in sorted(set(found))}},
         )
         path = save_threshold(th, out if out is not None else embedder.threshold_path)
         typer.echo(
-            f"threshold {th.threshold:.4f} (cosine) for FAR <= {target_far:g}: measured FAR {th.far:.4g}, "
-            f"TAR {th.tar:.4f} on {th.n_genuine}+{th.n_impostor} pairs -> {path}"
+            f"threshold {th.threshold:.4f} (cosine similarity, accept at >=) for FAR <= {target_far:g}: measured FAR "
+            f"{th.far:.4g}, TAR {th.tar:.4f} on {th.n_genuine}+{th.n_impostor} pairs (FTA {fta:.4f}) -> {path}"
         )

@@ -97,22 +97,37 @@ def embedding_map(
     typer.echo(f"wrote maps to {out}")
 
 
+AGGREGATE_HELP = ("identity score: centroid (cosine to the identity's mean embedding), top3 (mean of its 3 most "
+                  "similar images) or nearest (its single most similar image; favours people with many photos)")
+
+
 def lookalike(
-    image: Annotated[Path, typer.Argument(help="query image (any photo; faces are detected and framed)")],
+    image: Annotated[Path, typer.Argument(help="query image (any photo; the face is detected and aligned)")],
     gallery: Annotated[Path, typer.Option(help="gallery folder: one sub-folder per identity")],
     k: Annotated[int, typer.Option("-k", "--k", help="number of look-alike identities")] = 5,
     embedder: Annotated[str, typer.Option(help="auto, face (MobileFaceNet) or a backbone name")] = "auto",
     identity: Annotated[Optional[str], typer.Option(help="the query's own identity, to exclude (auto when the "
                                                    "query lies in the gallery)")] = None,
+    aggregate: Annotated[str, typer.Option(help=AGGREGATE_HELP)] = "centroid",
+    detect: Annotated[bool, typer.Option("--detect/--no-detect", help="find the face in the query; --no-detect "
+                                         "takes the query as an already framed face crop")] = True,
     out: Annotated[Path, typer.Option(help="image grid PNG")] = Path("lookalikes.png"),
 ) -> None:
-    """Find the k gallery identities nearest to IMAGE and write a grid (query + look-alikes)."""
+    """Find the k gallery identities most alike to IMAGE and write a grid (query + look-alikes).
+
+    Scores are cosine similarities (higher = more alike). A query without a face is an error
+    (exit code 2) unless --no-detect is given.
+    """
     from biomatch.lookalike import LookalikeFinder, lookalike_grid
 
-    finder = LookalikeFinder(gallery, embedder)
-    matches, crop, how = finder.search(image, k, exclude_identity=identity)
+    finder = LookalikeFinder(gallery, embedder, aggregate=aggregate)
+    if finder.n_without_face:
+        typer.echo(f"note: no face found in {finder.n_without_face} of {len(finder.samples)} gallery images; "
+                   "they are left out")
+    matches, crop, how = finder.search(image, k, exclude_identity=identity, detect=detect)
+    typer.echo(f"query {image.name}: {how}; identity score = {finder.aggregate} cosine similarity (higher = more alike)")
     for rank, m in enumerate(matches, 1):
-        typer.echo(f"{rank}. {m.identity}  distance {m.distance:.4f}  ({m.path.name})")
+        typer.echo(f"{rank}. {m.identity}  similarity {m.similarity:.4f}  ({m.path.name})")
     path = lookalike_grid(crop, matches, out, title=f"{image.name} — {finder.embedder} embedder, {how}")
     typer.echo(f"wrote {path}")
 

@@ -107,3 +107,58 @@ def score_pairs(embedder, pairs: LfwPairs, embeddings: np.ndarray | None = None)
     emb = embed_images(embedder, pairs, images) if embeddings is None else embeddings
     a, b = pairs.index_pairs(images)
     return (emb[a] * emb[b]).sum(1).astype(np.float64)
+
+
+def _cache_path(embedder, pairs: LfwPairs, images: list[str]):
+    import hashlib
+
+    from biomatch.paths import cache_dir
+
+    key = getattr(embedder, "embedder_id", embedder.model_hash)
+    h = hashlib.sha256(("\n".join(images) + str(pairs.root.resolve())).encode()).hexdigest()[:12]
+    folder = cache_dir() / "features"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"lfw-{key[:16]}-{h}.npz"
+
+
+def save_cached_embeddings(embedder, pairs: LfwPairs, images: list[str], emb: np.ndarray, detectors: list[str],
+                           timing: dict | None = None) -> None:
+    """Store embeddings of ``images`` made by this exact embedder (its ``embedder_id``: model hash +
+    preprocessing), so `biomatch calibrate` can reuse what the benchmark computed."""
+    import json
+
+    path = _cache_path(embedder, pairs, images)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, emb=emb.astype(np.float32), detectors=np.array(detectors), timing=json.dumps(timing or {}))
+    tmp.replace(path)
+
+
+def load_cached_embeddings(embedder, pairs: LfwPairs, images: list[str]) -> tuple[np.ndarray, list[str], dict] | None:
+    """(embeddings, detectors, timing) stored by ``save_cached_embeddings`` for this embedder_id, or None."""
+    import json
+
+    path = _cache_path(embedder, pairs, images)
+    if not path.is_file():
+        return None
+    z = np.load(path)
+    if len(z["emb"]) != len(images):
+        return None
+    return z["emb"], z["detectors"].tolist(), json.loads(str(z["timing"])) if "timing" in z else {}
+
+
+def cached_embeddings(embedder, pairs: LfwPairs, images: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Embeddings (and who found each face) of ``images``: from the cache when this embedder_id
+    made them before, else computed (no-face images follow the embedder's ``on_missing``)."""
+    from biomatch.data.images import load_image
+
+    images = pairs.images if images is None else images
+    hit = load_cached_embeddings(embedder, pairs, images)
+    if hit is not None:
+        return hit[0], hit[1]
+    out, found = [], []
+    for i in range(0, len(images), 64):
+        out.append(embedder.embed([load_image(pairs.path(r)) for r in images[i : i + 64]], images[i : i + 64]))
+        found += list(getattr(embedder, "last_detectors", []) or ["?"] * len(out[-1]))
+    emb = np.concatenate(out) if out else np.zeros((0, embedder.dim), np.float32)
+    save_cached_embeddings(embedder, pairs, images, emb, found)
+    return emb, found
