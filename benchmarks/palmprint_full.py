@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -223,6 +224,7 @@ def speed() -> dict:
     sm = ScoreMatrices.load(_scores_path("compcode", "closed"))
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     labels = (sm.probe_palms[:, None] == sm.gallery_palms[None, :]).ravel()
+    cpu0 = time.process_time()
     t = time.perf_counter()
     e_plain = eer(-sm.direct.numpy().ravel(), labels)
     plain_s = time.perf_counter() - t
@@ -232,7 +234,8 @@ def speed() -> dict:
     t = time.perf_counter()
     e_rsm = eer(-mat.numpy().ravel(), labels)
     rsm_eer_s = time.perf_counter() - t
-    return {"n_scores": int(labels.size), "eer_plain_s": plain_s, "rsm_M30_s": rsm_s, "eer_rsm_s": rsm_eer_s,
+    cpu_s = time.process_time() - cpu0
+    return {"n_scores": int(labels.size), "cpu_s_total": cpu_s, "load_1min": os.getloadavg()[0], "eer_plain_s": plain_s, "rsm_M30_s": rsm_s, "eer_rsm_s": rsm_eer_s,
             "eer_plus_rsm_total_s": plain_s + rsm_s + rsm_eer_s, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "rss_after_loading_mb": base, "eer": e_plain, "eer_rsm": e_rsm, "torch_threads": torch.get_num_threads()}
 
@@ -298,11 +301,19 @@ def markdown(rows: list[dict], sp: dict | None) -> str:
         "Validation sweep (palms 250–274 probes/gallery, references 275–299; mean EER over 5 draws), α = 0.5 / 1 / 2 / 4:",
         markdown_table(["matcher", "plain"] + [f"M={m}" for m in M_GRID], sweep),
     ]
+    fusion = [json.loads((ROWS_DIR / f"palmprint_fusion_row_{pr}.json").read_text()) for pr in PROTOCOLS
+              if (ROWS_DIR / f"palmprint_fusion_row_{pr}.json").is_file()]
+    if len(fusion) == len(PROTOCOLS):
+        parts.append("Extra (no RSM; `python benchmarks/palmprint_fusion.py`): CompCode + CompNet-lite score fusion, "
+                     f"weight {fusion[0]['w']:g} on CompCode chosen on validation palms: " + "; ".join(
+                         f"{pr} set EER {_pct(f['eer'])} [{_pct(f['eer_ci_low'])}, {_pct(f['eer_ci_high'])}], "
+                         f"TAR@FAR 1e-5 {f['tar@far=1e-5']:.4f}, rank-1 {f['rank1']:.4f}" for pr, f in zip(PROTOCOLS, fusion)) + ".")
     if sp:
         parts.append(
             f"Speed (fresh process, {sp['torch_threads']} torch thread, shared 2-core machine): 36 M-score EER "
             f"{sp['eer_plain_s']:.1f} s + RSM M=30 {sp['rsm_M30_s']:.1f} s + EER of the re-scored scores "
-            f"{sp['eer_rsm_s']:.1f} s = **{sp['eer_plus_rsm_total_s']:.1f} s**, peak RSS **{sp['peak_rss_mb']:.0f} MB** "
+            f"{sp['eer_rsm_s']:.1f} s = **{sp['eer_plus_rsm_total_s']:.1f} s** wall ({sp['cpu_s_total']:.1f} s of CPU time; "
+            f"1-min load {sp['load_1min']:.1f} on 2 cores while it ran), peak RSS **{sp['peak_rss_mb']:.0f} MB** "
             f"(target < 60 s, < 4 GB)."
         )
     parts.append(NOTES)

@@ -149,15 +149,19 @@ def summary(dissim: Tensor, probe_palms: np.ndarray, gallery_palms: np.ndarray) 
 
 
 def weighted_eer(scores: np.ndarray, genuine: np.ndarray, weights: np.ndarray,
-                 total_genuine: float | None = None, total_impostor: float | None = None) -> tuple[float, float]:
+                 total_genuine: float | None = None, total_impostor: float | None = None,
+                 presorted: bool = False) -> tuple[float, float]:
     """EER of weighted pairs (score = similarity), linear interpolation as ``metrics.verification.eer``.
 
     ``total_*`` default to the weight sums; give larger totals when only the top-scoring
     impostors are passed (the rest lie below every threshold that matters). Returns
     (eer, lowest threshold examined before the crossing) so the caller can check the window.
     """
-    order = np.argsort(-scores, kind="stable")
-    s, gen, w = scores[order], genuine[order], weights[order].astype(np.float64)
+    if presorted:  # scores already descending (the bootstrap sorts once for all replicates)
+        s, gen, w = scores, genuine, weights.astype(np.float64, copy=False)
+    else:
+        order = np.argsort(-scores, kind="stable")
+        s, gen, w = scores[order], genuine[order], weights[order].astype(np.float64)
     tg = float(w[gen].sum()) if total_genuine is None else total_genuine
     ti = float(w[~gen].sum()) if total_impostor is None else total_impostor
     if tg <= 0 or ti <= 0:
@@ -209,6 +213,7 @@ def palm_bootstrap_eer(
     def kept(win: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
         imp = imp_all if win >= imp_all.size else imp_all[np.argpartition(imp_neg, win)[:win]]
         keep = np.r_[gen_idx, imp]
+        keep = keep[np.argsort(-s_all[keep], kind="stable")]  # sort once; replicates only change weights
         floor = -math.inf if win >= imp_all.size else float(s_all[imp].min())
         return s_all[keep], gen_all[keep], pp[keep // len(gallery_palms)], gp[keep % len(gallery_palms)], floor
 
@@ -220,12 +225,12 @@ def palm_bootstrap_eer(
         c = np.bincount(rng.integers(0, palms.size, palms.size), minlength=palms.size).astype(np.float64)
         tg = float((c**2 * n_probe * n_gal).sum())
         ti = float((c * n_probe).sum() * (c * n_gal).sum() - (c**2 * n_probe * n_gal).sum())
-        value, thr = weighted_eer(s, gen, c[row_p] * c[col_p], tg, ti)
+        value, thr = weighted_eer(s, gen, c[row_p] * c[col_p], tg, ti, presorted=True)
         while math.isnan(value) or thr <= floor:  # crossing below the window: widen it (exact again)
             window *= 4
             widened += 1
             s, gen, row_p, col_p, floor = kept(window)
-            value, thr = weighted_eer(s, gen, c[row_p] * c[col_p], tg, ti)
+            value, thr = weighted_eer(s, gen, c[row_p] * c[col_p], tg, ti, presorted=True)
         values[b] = value
     a = (1.0 - confidence) / 2
     low, high = np.quantile(values, [a, 1.0 - a])
