@@ -226,3 +226,30 @@ def test_compnet_forward_shape_and_arcface_loss_on_a_tiny_input() -> None:
     assert torch.isfinite(loss) and net.branches[0].gabor.theta.grad is not None
     with pytest.raises(InputError, match="grayscale"):
         net(torch.randn(1, 3, 16, 16))
+
+
+# ----------------------------------------------------------------------------- TongjiFull protocols
+
+
+def test_tongji_full_splits_keep_training_references_and_test_apart() -> None:
+    from biomatch.palmprint.data import load_samples
+    from biomatch.palmprint.splits import make_split, validation_split
+
+    try:
+        samples = load_samples("tongji_full")
+    except NotFoundError:
+        pytest.skip("TongjiFull is not under ../shared/data (or $BIOMATCH_DATA)")
+    assert len(samples) == 12000 and {s.palm for s in samples} == set(range(600))
+    closed = make_split(samples, "closed")
+    assert (len(closed.train), len(closed.gallery), len(closed.probes), len(closed.refs)) == (5400, 6000, 6000, 600)
+    assert not {s.path for s in closed.refs} & {s.path for s in closed.train}
+    assert {s.path for s in closed.refs} <= {s.path for s in closed.gallery}  # enrolment images, owner-excluded
+    opened = make_split(samples, "open")
+    train_palms, ref_palms = {s.palm for s in opened.train}, {s.palm for s in opened.refs}
+    test_palms = {s.palm for s in opened.probes} | {s.palm for s in opened.gallery}
+    assert train_palms == set(range(250)) and ref_palms == set(range(250, 300)) and test_palms == set(range(300, 600))
+    assert len(opened.gallery) == len(opened.probes) == 3000
+    val = validation_split(samples)
+    assert {s.palm for s in val.probes} == set(range(250, 275)) and {s.palm for s in val.refs} == set(range(275, 300))
+    with pytest.raises(InputError, match="unknown protocol"):
+        make_split(samples, "half-open")
