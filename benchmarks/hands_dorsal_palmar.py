@@ -215,7 +215,7 @@ def write_section() -> None:
         rows.append([f"**{name}**" if name == BEST_METHOD else name, row_kind(name),
                      _cell(t, "recall@1"), _cell(t, "mean_rank"), _cell(r, "recall@1"), _cell(r, "mean_rank"),
                      _cell(r, "recall@5"), _cell(r, "map"), f"{fta['mean']:.3f}" if fta else "–",
-                     ", ".join(commits), (t or r)["config"].get("verdict", "") or "–"])
+                     ", ".join(commits), load_method(REPO_ROOT / "configs" / f"{name}.yaml").verdict or "–"])
     for path in sorted((REPO_ROOT / "configs").glob("hands_*.yaml")):
         if path.stem not in results:  # a variant kept with its verdict, not rerun at this protocol
             cfg = load_method(path)
