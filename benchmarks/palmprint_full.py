@@ -326,7 +326,7 @@ NOTES = NOTES_PATH.read_text() if NOTES_PATH.is_file() else ""
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--part", choices=["all", "scores", "eval", "speed", "speed-child", "markdown"], default="all")
+    parser.add_argument("--part", choices=["all", "scores", "eval", "speed", "speed-child", "markdown", "figures"], default="all")
     parser.add_argument("--matchers", default=",".join(MATCHERS))
     parser.add_argument("--protocols", default=",".join(PROTOCOLS))
     parser.add_argument("--n-boot", type=int, default=200)
@@ -340,6 +340,17 @@ def main() -> None:
         run_scores(matchers)
     if args.part in ("all", "speed"):
         run_speed()
+    if args.part == "figures":  # redraw one protocol x matcher's figures from the cached matrices
+        from biomatch.palmprint.full_report import write_figures
+
+        torch.set_num_threads(1)
+        for key in matchers:
+            tuned = json.loads(_scores_path(key, "validation").with_suffix(".tune.json").read_text())
+            for protocol in (p for p in args.protocols.split(",") if p):
+                sm = ScoreMatrices.load(_scores_path(key, protocol))
+                name = f"RSM (M={tuned['m'] or 'all'}, α={tuned['alpha']:g}, draw 0)"
+                print(write_figures(sm, sm.rsm(tuned["m"], tuned["alpha"], 0), name, PLOTS, f"{protocol}_{key}"), flush=True)
+        return
     if args.part in ("all", "eval"):
         run_eval(matchers, args.n_boot, tuple(p for p in args.protocols.split(",") if p))
     if args.part in ("all", "eval", "markdown", "speed"):

@@ -57,7 +57,7 @@ def write_figures(sm: ScoreMatrices, rescored: Tensor, rsm_name: str, out_dir: P
                                  caption=f"palm {a.palm}/{b.palm}"))
     paths.append(plot_trouble_pairs(
         pairs, out / f"{prefix}_trouble.png",
-        f"{sm.matcher.split(' (')[0]}, {sm.protocol} set: {len(wrong):,} pairs wrong\nat the plain EER threshold; "
-        f"RSM (own EER thr.) fixes {int(fixed.sum()):,}; {len(pairs)} shown",
+        f"{sm.matcher.split(' (')[0]}, {sm.protocol} set: {len(wrong):,} pairs\nwrong at the plain EER threshold,"
+        f"\n{int(fixed.sum()):,} fixed by RSM; {len(pairs)} shown",
     ))
     return paths
