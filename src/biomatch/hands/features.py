@@ -85,6 +85,16 @@ class TapFeatures(nn.Module):
         self.weights_id, self.mean, self.std = backbone.weights_id, backbone.mean, backbone.std
         self.input_size = backbone.input_size
 
+    def tap_dims(self) -> list[int]:
+        """Width of each tap's vector, in tap order (to slice a concatenation)."""
+        body = self.backbone.body
+        out = []
+        for stage, pool in self.taps:
+            ch = body._conv_head.out_channels if stage == "head" else \
+                body._blocks[self.block_of[stage]]._project_conv.out_channels
+            out.append(ch * (int(pool[4:]) ** 2 if pool.startswith("grid") else 1))
+        return out
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         body = self.backbone.body
         maps: dict[str, torch.Tensor] = {}
@@ -99,3 +109,22 @@ class TapFeatures(nn.Module):
         if self.need_head:
             maps["head"] = body._swish(body._bn1(body._conv_head(x)))
         return torch.cat([F.normalize(pool_map(maps[s], p), dim=1) for s, p in self.taps], dim=1)
+
+
+# One pass of an EfficientNet serves every hands method: the early-stage statistics of method (d)/(e)
+# and the pooled last map ("head:avg" = what `Backbone.forward` returns) of methods (a)-(c).
+UNION_TAPS = ("2:avg", "2:std", "3:avg", "3:std", "4:avg", "4:std", "5:avg", "5:std", "head:avg")
+
+
+def union_slices(extractor: TapFeatures, wanted: Sequence[str]) -> list[slice]:
+    """Column slices of `wanted` taps inside the output of `extractor` (which holds them all)."""
+    names = [f"{s}:{p}" for s, p in extractor.taps]
+    bounds = [0]
+    for d in extractor.tap_dims():
+        bounds.append(bounds[-1] + d)
+    out = []
+    for tap in wanted:
+        stage, pool = parse_tap(tap)
+        i = names.index(f"{stage}:{pool}")
+        out.append(slice(bounds[i], bounds[i + 1]))
+    return out

@@ -118,6 +118,22 @@ def build_head(cfg: MethodConfig, in_dim: int, seed: int = 0) -> ProjectionHead:
         return ProjectionHead([in_dim, *cfg.head_dims], normalize=cfg.normalize, dropout=cfg.dropout)
 
 
+def _union_extractor(cfg: MethodConfig, backbone: Backbone) -> nn.Module | None:
+    """The shared all-taps extractor when `cfg` reads a subset of `UNION_TAPS` (or the plain
+    average-pooled map) of an EfficientNet(-Lite) at its own input size; else None."""
+    from biomatch.errors import InputError
+    from biomatch.hands.features import UNION_TAPS, TapFeatures, parse_tap
+
+    wanted = cfg.taps or (["head:avg"] if cfg.pool == "avg" else [])
+    union = {"{}:{}".format(*parse_tap(t)) for t in UNION_TAPS}
+    if not wanted or not all("{}:{}".format(*parse_tap(t)) in union for t in wanted):
+        return None
+    try:
+        return TapFeatures(backbone, UNION_TAPS)
+    except InputError:  # not an EfficientNet: no taps
+        return None
+
+
 def _whole_dataset(samples: list[Sample]) -> list[Sample]:
     """Every image of the 11k Hands folder these samples come from (sorted by path), when they
     all come from one: then every split, subset and script shares one feature/landmark cache
@@ -173,6 +189,13 @@ class FeatureBank:
             tf = background_transform(cfg.background, tuple(cfg.background_color),
                                       eval_transform(size, bb.mean, bb.std))
             extractor, key = feature_extractor(cfg, name, bb)
+            slices = None
+            union = _union_extractor(cfg, bb) if not variant else None  # aligned crops serve only this entry
+            if union is not None:  # one shared pass for taps and pooled features (biomatch.hands.features)
+                from biomatch.hands.features import UNION_TAPS, taps_id, union_slices
+
+                extractor, key = union, f"{name}@taps-{taps_id(UNION_TAPS)}"
+                slices = union_slices(union, cfg.taps or ["head:avg"])
             extractor.to(device)
             loader, loader_id = None, ""
             if variant == "aligned":
@@ -180,13 +203,18 @@ class FeatureBank:
 
                 loader = AlignedLoader(ordered, points)
                 loader_id, key = repr(loader), f"{key}@aligned"
-            plain.append(F.normalize(torch.from_numpy(cached_features(
+            def pick(feats: np.ndarray) -> torch.Tensor:
+                if slices is not None:
+                    feats = np.concatenate([feats[:, sl] for sl in slices], axis=1)
+                return F.normalize(torch.from_numpy(np.ascontiguousarray(feats)), dim=1)
+
+            plain.append(pick(cached_features(
                 extractor, key, ordered, tf, cache=cache, progress=progress, loader=loader,
-                loader_id=loader_id)), dim=1))
+                loader_id=loader_id)))
             if need_mirror:
-                mirrored.append(F.normalize(torch.from_numpy(cached_features(
+                mirrored.append(pick(cached_features(
                     extractor, key, ordered, tf, mirror=True, cache=cache, progress=progress, loader=loader,
-                    loader_id=loader_id)), dim=1))
+                    loader_id=loader_id)))
             self.backbones.append(bb)
         self.seconds = time.perf_counter() - start
         self.dims = [p.shape[1] for p in plain]
