@@ -264,7 +264,7 @@ def _pct(x: float | None, digits: int = 3) -> str:
 def markdown(rows: list[dict], sp: dict | None) -> str:
     table = []
     for r in rows:
-        mt, p = r["metrics"], r["plain"]
+        mt = r["metrics"]
         ch = r["rsm_choice"]
         tr = r["train"]
         table.append([

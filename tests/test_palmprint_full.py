@@ -173,6 +173,35 @@ def test_score_split_enforces_the_rule_and_marks_owned_references() -> None:
     assert sm.rsm(None, 1.0, 0).shape == (6, 6)
 
 
+def test_session_protocol_refuses_rsm_on_a_matchers_own_training_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    import biomatch.palmprint.protocol as proto
+    from biomatch.matching.rsm import RSM
+
+    class Trained:
+        """A 'trained' matcher (its fit does nothing): raw pixels, scaled Euclidean distance."""
+
+        name = "toy"
+
+        def fit(self, rois, labels):
+            return self
+
+        def encode(self, rois):
+            return torch.from_numpy(rois.reshape(len(rois), -1)[:, :64].astype(np.float32))
+
+        def dissimilarity(self, a, b):
+            return torch.cdist(a, b) / 64
+
+    universe = [PalmSample(Path(f"/x/{p}_{s}_{k}.png"), p, s) for s in (1, 2) for p in range(3) for k in range(2)]
+    rois = np.stack([np.asarray(_palm_image(s.palm, k), np.float32) / 255 for k, s in enumerate(universe)])
+    monkeypatch.setattr(proto, "load_rois_cached", lambda ss: rois[[universe.index(s) for s in ss]])
+    ss = proto.compute_session_scores(Trained(), "toy", samples=universe)
+    ss.scores("all-vs-all")  # plain scores are fine
+    with pytest.raises(ReferenceSetError, match="allow_training_refs"):
+        ss.scores("all-vs-all", RSM(m=2))
+    ok = proto.compute_session_scores(Trained(), "toy", samples=universe, allow_training_refs=True)
+    assert ok.scores("all-vs-all", RSM(m=2))[0].shape == (15,)
+
+
 # ----------------------------------------------------------------------------- fast CompCode
 
 

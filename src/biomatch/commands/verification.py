@@ -80,6 +80,8 @@ def palmprint(
     alpha: Annotated[float, typer.Option(help="RSM weight of the direct dissimilarity")] = 1.0,
     seed: Annotated[int, typer.Option(help="seed of the reference draw and of training")] = 0,
     out: Annotated[Optional[Path], typer.Option(help="folder for score files and plots")] = None,
+    allow_training_refs: Annotated[bool, typer.Option(
+        "--allow-training-refs", help="let a trained matcher (palmnet, compnet) use its session-1 training images as RSM references")] = False,
 ) -> None:
     """Palmprint verification (session 1 enrol / session 2 test) with and without RSM."""
     import torch
@@ -101,7 +103,7 @@ def palmprint(
         from biomatch.palmprint.data import load_layout
 
         samples, dataset = load_layout(root), root.name
-    ss = compute_session_scores(make_matcher(matcher, seed), dataset, samples=samples)
+    ss = compute_session_scores(make_matcher(matcher, seed), dataset, samples=samples, allow_training_refs=allow_training_refs)
     rsm = RSM(m=m or None, alpha=alpha, seed=seed)
     plain, labels = ss.scores(pairs)  # type: ignore[arg-type]
     rescored, _ = ss.scores(pairs, rsm)  # type: ignore[arg-type]

@@ -47,6 +47,8 @@ class SessionScores:
     test_test: Tensor  # n2 x n2
     test_enrol: Tensor  # n2 x n1 (also: test items to the references)
     enrol_enrol: Tensor  # n1 x n1 (enrolled items to the references)
+    refs_are_training: bool = False  # the matcher was trained on session 1, i.e. on the references
+    allow_training_refs: bool = False
 
     def pairs(self, pair_set: PairSet) -> tuple[np.ndarray, np.ndarray]:
         """Row and column indices of the pairs of ``pair_set`` (into test / enrol lists)."""
@@ -68,6 +70,13 @@ class SessionScores:
 
     def dissimilarities(self, pair_set: PairSet, rsm: RSM | None = None) -> np.ndarray:
         """Plain (``rsm`` None) or RSM-re-scored dissimilarity of each pair of ``pair_set``."""
+        if rsm is not None and self.refs_are_training and not self.allow_training_refs:
+            from biomatch.palmprint.full import ReferenceSetError
+
+            raise ReferenceSetError(
+                f"{self.matcher} was trained on session 1, which is also the RSM reference set; "
+                "pass allow_training_refs=True (CLI: --allow-training-refs) to use its training images as references anyway"
+            )
         i, j = self.pairs(pair_set)
         if pair_set == "all-vs-all":
             mat = self.test_test if rsm is None else rsm(self.test_test, self.test_enrol, self.test_enrol)
@@ -86,10 +95,12 @@ class SessionScores:
 
 
 def compute_session_scores(
-    matcher: Matcher, dataset: str, root: Path | None = None, samples: list[PalmSample] | None = None
+    matcher: Matcher, dataset: str, root: Path | None = None, samples: list[PalmSample] | None = None,
+    *, allow_training_refs: bool = False,
 ) -> SessionScores:
     """Load ``dataset`` (or use ``samples``, e.g. from ``load_layout``), train ``matcher`` on
-    session 1 if it has ``fit``, and score everything."""
+    session 1 if it has ``fit``, and score everything. A trained matcher's references (session 1)
+    are its training images, so RSM is refused on it unless ``allow_training_refs``."""
     enrol, test = split_sessions(samples if samples is not None else load_samples(dataset, root))
     x1, x2 = load_rois_cached(enrol), load_rois_cached(test)
     fit = getattr(matcher, "fit", None)
@@ -104,6 +115,8 @@ def compute_session_scores(
         test_test=matcher.dissimilarity(f2, f2).to(torch.float64),
         test_enrol=matcher.dissimilarity(f2, f1).to(torch.float64),
         enrol_enrol=matcher.dissimilarity(f1, f1).to(torch.float64),
+        refs_are_training=callable(fit),
+        allow_training_refs=allow_training_refs,
     )
 
 
