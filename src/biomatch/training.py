@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -168,6 +169,10 @@ def fit(
                 history.best_score, history.best_epoch = score, epoch
                 best_state = copy.deepcopy(model.state_dict())
         bar.set_postfix(postfix)
+        if progress and rank() == 0 and not sys.stderr.isatty() and (epoch + 1) % max(1, cfg.epochs // 4) == 0:
+            # a piped log gets a plain line each quarter of the epochs instead of a progress bar
+            print(f"  training: epoch {epoch + 1}/{cfg.epochs}, " + ", ".join(f"{k} {v}" for k, v in postfix.items()),
+                  file=sys.stderr, flush=True)
         if checkpoint is not None and rank() == 0:
             _save_atomic({"model": model.state_dict(), "objective": objective.state_dict(),
                           "optimizer": opt.state_dict(), "history": asdict(history), "best_model": best_state,
