@@ -118,7 +118,7 @@ def register(app: typer.Typer) -> None:
                 budgets[cfg.name] = f"{DEMO_A_EPOCHS} epochs in the demo (40 in the benchmark)"
             say(f"[bold]{cfg.name}[/]: {cfg.description}")
             r = run_method(cfg, split, device=device)
-            say("   " + "  ".join(f"{k}={v:.3f}" for k, v in r.metrics.items()))
+            say("   " + "  ".join(f"{k}={v:.3f}" for k, v in r.metrics.items() if not k.startswith(("geo", "fta_count"))))
             results.append(r)
         elapsed = time.perf_counter() - t0
         load = loads.stop()
