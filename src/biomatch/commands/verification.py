@@ -50,7 +50,7 @@ def _write_plots(curves, folder: Path, prefix: str) -> None:
     from biomatch.viz.verification_plots import plot_det, plot_histograms, plot_roc
 
     for draw, kind in ((plot_histograms, "hist"), (plot_roc, "roc"), (plot_det, "det")):
-        Console().print(f"wrote {draw(curves, folder / f'{prefix}_{kind}.png')}")
+        Console().print(f"wrote {draw(curves, folder / f'{prefix}_{kind}.png')}", markup=False)
 
 
 def plot(
@@ -124,8 +124,9 @@ def palmprint(
         write_score_file(out / f"{prefix}_plain.txt", plain, labels)
         write_score_file(out / f"{prefix}_rsm.txt", rescored, labels)
         for path in write_plots(ss, pairs, rsm, out, prefix):  # type: ignore[arg-type]
-            console.print(f"wrote {path}")
-        console.print(f"wrote score files {out / (prefix + '_plain.txt')} and {out / (prefix + '_rsm.txt')}")
+            console.print(f"wrote {path}", markup=False)
+        console.print(f"wrote score files {out / (prefix + '_plain.txt')} and {out / (prefix + '_rsm.txt')}",
+                      markup=False)
 
 
 def register(app: typer.Typer) -> None:

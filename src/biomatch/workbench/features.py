@@ -27,7 +27,8 @@ def _face_features(samples: Sequence[Sample], cache: Path | None, progress: bool
     from biomatch.faces.embedder import FaceEmbedder
 
     emb = FaceEmbedder.default(threads=1)
-    key = cache_key(FACE_SOURCE, emb.model_hash, repr(emb.preprocess.to_dict()), samples)
+    # embedder_id covers the model hash and the whole preprocessing (detector order, template, crop)
+    key = cache_key(FACE_SOURCE, emb.embedder_id, repr(emb.preprocess.to_dict()), samples)
 
     def compute() -> np.ndarray:
         chunks = [emb.embed([load_image(s.path) for s in samples[lo : lo + 64]])
