@@ -118,6 +118,13 @@ def build_head(cfg: MethodConfig, in_dim: int, seed: int = 0) -> ProjectionHead:
         return ProjectionHead([in_dim, *cfg.head_dims], normalize=cfg.normalize, dropout=cfg.dropout)
 
 
+def _cache_exists(extractor: nn.Module, key: str, samples: Sequence[Sample], transform, cache: Path | None) -> bool:
+    from biomatch.embeddings import cache_key, feature_cache_path
+
+    weights_id = getattr(extractor, "weights_id", "unknown")
+    return feature_cache_path(key, cache_key(key, weights_id, transform, samples), cache).is_file()
+
+
 def _union_extractor(cfg: MethodConfig, backbone: Backbone) -> nn.Module | None:
     """The shared all-taps extractor when `cfg` reads a subset of `UNION_TAPS` (or the plain
     average-pooled map) of an EfficientNet(-Lite) at its own input size; else None."""
@@ -193,6 +200,8 @@ class FeatureBank:
             extractor, key = feature_extractor(cfg, name, bb)
             slices = None
             union = _union_extractor(cfg, bb) if not variant else None  # aligned crops serve only this entry
+            if union is not None and _cache_exists(extractor, key, ordered, tf, cache):
+                union = None  # features cached before the shared pass existed: the same numbers, reuse them
             if union is not None:  # one shared pass for taps and pooled features (biomatch.hands.features)
                 from biomatch.hands.features import UNION_TAPS, taps_id, union_slices
 
