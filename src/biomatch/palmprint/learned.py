@@ -17,6 +17,7 @@ from torch.nn import functional as F
 
 from biomatch.errors import InputError
 from biomatch.matching.distances import cosine_dissimilarity
+from biomatch.palmprint.ccnet import augment, prepare  # one ROI normalization and jitter for both learned matchers
 
 
 class PalmNet(nn.Module):
@@ -36,23 +37,7 @@ class PalmNet(nn.Module):
 
 
 def _prepare(rois: np.ndarray) -> Tensor:
-    x = torch.from_numpy(rois.astype(np.float32)).unsqueeze(1)
-    x = F.interpolate(x, size=(64, 64), mode="area")
-    return (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 1e-6)
-
-
-def _augment(x: Tensor, gen: torch.Generator) -> Tensor:
-    """Small random affine jitter (ROI misalignment between sessions) and contrast change."""
-    n = x.shape[0]
-    angle = (torch.rand(n, generator=gen) - 0.5) * (2 * np.pi / 180 * 8)
-    shift = (torch.rand(n, 2, generator=gen) - 0.5) * 0.12
-    scale = 1 + (torch.rand(n, generator=gen) - 0.5) * 0.1
-    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-    gain = 1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.4
-    return out * gain
+    return prepare(rois, 64)
 
 
 @dataclass
@@ -94,7 +79,7 @@ class LearnedMatcher:
             order = torch.randperm(x.shape[0], generator=gen)
             for start in range(0, x.shape[0], self.batch_size):
                 idx = order[start : start + self.batch_size]
-                loss = loss_fn(model(_augment(x[idx], gen)), yt[idx])
+                loss = loss_fn(model(augment(x[idx], gen)), yt[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
