@@ -23,6 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -122,8 +123,9 @@ def run_config(path: str, seeds: Sequence[int], role: str, samples, device: str,
 def _locked(path):
     import fcntl
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as fh:
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / f"{path.name}.lock", "w") as fh:  # outside the repository
         fcntl.flock(fh, fcntl.LOCK_EX)
         yield
 
