@@ -10,6 +10,7 @@ pytest.importorskip("mediapipe")
 
 from biomatch.data.datasets import Sample  # noqa: E402
 from biomatch.hands.geometry import GeometryScorer  # noqa: E402
+from biomatch.faces.align import apply  # one 2x3-affine helper for faces and hands
 from biomatch.hands.landmarks import (  # noqa: E402
     CROP,
     INDEX_MCP,
@@ -22,7 +23,6 @@ from biomatch.hands.landmarks import (  # noqa: E402
     cached_landmarks,
     canonical_mirror,
     geometry_features,
-    transform_points,
 )
 
 
@@ -55,7 +55,7 @@ def test_alignment_maps_landmarks_to_the_same_canonical_place(hand):
     """Exact geometry: any rotation/scale/shift of the landmarks gives the same canonical landmarks."""
     _, pts = hand
     m0, mir0 = alignment_matrix(pts)
-    ref = transform_points(pts, m0)
+    ref = apply(m0, pts)
     assert ref[MIDDLE_MCP, 0] == pytest.approx(ref[WRIST, 0], abs=1e-6)  # middle finger straight up
     assert ref[MIDDLE_MCP, 1] < ref[WRIST, 1]
     assert ref[INDEX_MCP, 0] < ref[PINKY_MCP, 0]  # thumb side on the left
@@ -63,7 +63,7 @@ def test_alignment_maps_landmarks_to_the_same_canonical_place(hand):
         moved = _similarity(pts, angle, scale)
         m, mir = alignment_matrix(moved)
         assert mir == mir0
-        np.testing.assert_allclose(transform_points(moved, m), ref, atol=1e-3)
+        np.testing.assert_allclose(apply(m, moved), ref, atol=1e-3)
 
 
 def test_rotated_photo_aligns_to_the_same_crop(hand, detector):
@@ -82,8 +82,8 @@ def test_rotated_photo_aligns_to_the_same_crop(hand, detector):
     b = np.asarray(align_hand(Image.fromarray(turned), lm.points), np.float32)
     assert a.shape == b.shape == (CROP, CROP, 3)
     # canonical landmarks agree within a few pixels of the 224 px crop, and the pixels with them
-    pa = transform_points(pts, alignment_matrix(pts)[0])
-    pb = transform_points(lm.points, alignment_matrix(lm.points)[0])
+    pa = apply(alignment_matrix(pts)[0], pts)
+    pb = apply(alignment_matrix(lm.points)[0], lm.points)
     assert np.median(np.linalg.norm(pa - pb, axis=1)) < 0.05 * CROP
     unaligned = np.asarray(Image.fromarray(turned).resize((CROP, CROP)), np.float32)
     assert np.abs(a - b).mean() < 0.5 * np.abs(a - unaligned).mean()
@@ -101,7 +101,7 @@ def test_geometry_is_invariant_to_rotation_scale_and_mirroring(hand):
     assert canonical_mirror(mirrored) != canonical_mirror(pts)  # … and the alignment undoes it
     m1, _ = alignment_matrix(pts)
     m2, _ = alignment_matrix(mirrored)
-    np.testing.assert_allclose(transform_points(mirrored, m2), transform_points(pts, m1), atol=1e-3)
+    np.testing.assert_allclose(apply(m2, mirrored), apply(m1, pts), atol=1e-3)
 
 
 def test_geometry_changes_with_the_hand():

@@ -213,11 +213,6 @@ def align_hand(image: Image.Image, points: np.ndarray | None, size: int = CROP) 
     return Image.fromarray(out)
 
 
-def transform_points(points: np.ndarray, m: np.ndarray) -> np.ndarray:
-    """Apply a 2×3 affine to (N, 2) points."""
-    return points @ m[:, :2].T + m[:, 2]
-
-
 # ---------------------------------------------------------------- geometry
 
 GAP_PAIRS = (("thumb", "index"), ("index", "middle"), ("middle", "ring"), ("ring", "little"))
