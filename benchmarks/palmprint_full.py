@@ -34,7 +34,7 @@ from biomatch.results import RESULTS_DIR, markdown_table, update_benchmarks_sect
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from palmprint_train import checkpoint_path  # noqa: E402
 
-MATCHERS = ("compcode", "compnet", "palmnet")
+MATCHERS = ("compcode", "compnet", "compnet_gpu", "palmnet")
 M_GRID: tuple[int | None, ...] = (10, 30, 100, 300)
 ALPHA_GRID = (0.5, 1.0, 2.0, 4.0)
 REF_SEEDS = (0, 1, 2, 3, 4)
@@ -59,10 +59,10 @@ def _load_matcher(key: str, protocol: str):
         return CompCode()
     ckpt_protocol = "open" if protocol == "validation" else protocol
     ckpt = checkpoint_path(ckpt_protocol, key)
-    if key == "compnet":
+    if key.startswith("compnet"):  # compnet (CPU-trained) or compnet_gpu (benchmarks/palmprint_gpu_import.py)
         from biomatch.palmprint.ccnet import CompNetMatcher
 
-        return CompNetMatcher.load(ckpt)
+        return CompNetMatcher.load(ckpt, name=f"CompNet-lite ({'GPU' if key.endswith('gpu') else 'CPU'}-trained)")
     from biomatch.palmprint.learned import LearnedMatcher
 
     return LearnedMatcher.load(ckpt)
@@ -195,7 +195,7 @@ def run_eval(matchers: list[str], n_boot: int, protocols: tuple[str, ...] = PROT
                 dataset=DISPLAY_NAMES["tongji_full"], protocol=_protocol_text(protocol),
                 seeds=list(REF_SEEDS), metrics=metrics, reference=REFERENCE,
                 timing={"plain_metrics_s": res["plain_metrics_s"], "rsm_s_mean": res["rsm_s_mean"],
-                        **({"train_s": train.get("train_s", 0.0), "train_device": "cpu", "train_threads": train.get("threads", 1)} if train else {})},
+                        **({"train_s": train.get("train_s", 0.0), "train_device": train.get("device", "cpu"), "train_threads": train.get("threads", 1)} if train else {})},
                 extra={"rsm_references": res["refs_note"], "n_references": res["n_refs"], "rsm_choice": rec["rsm_choice"],
                        "validation_sweep_eer": table, "train": train, "figures": res["figures"], "plain": p, "rsm_draw0": r},
             )
@@ -261,6 +261,15 @@ def _pct(x: float | None, digits: int = 3) -> str:
     return "undef." if x is None else f"{100 * x:.{digits}f} %"
 
 
+def _training_text(train: dict) -> str:
+    """'96 s, 80 ep. (NVIDIA H200)' or '1611 s, 8 ep. (cpu, 1 thr.)'; 'none' for CompCode."""
+    if not train:
+        return "none"
+    device = train.get("device", "cpu")
+    where = f"cpu, {train['threads']} thr." if device == "cpu" else device
+    return f"{train['train_s']:.0f} s, {train['epochs']} ep. ({where})"
+
+
 def markdown(rows: list[dict], sp: dict | None) -> str:
     table = []
     for r in rows:
@@ -274,7 +283,7 @@ def markdown(rows: list[dict], sp: dict | None) -> str:
             f"M={ch['m'] or 'all'}, α={ch['alpha']:g}",
             " / ".join(f"{mt[k]:.4f}" if mt[k] is not None else "undef." for k in ("tar@far=1e-3", "tar@far=1e-4", "tar@far=1e-5")),
             f"{mt['rank1']:.4f} / {mt['rank1_rsm']:.4f}", f"{mt['d_prime']:.2f} / {mt['d_prime_rsm']:.2f}",
-            f"{tr['train_s']:.0f} s, {tr['epochs']} ep. (cpu, {tr['threads']} thr.)" if tr else "none",
+            _training_text(tr),
         ])
     header = ["protocol", "matcher", "EER [95 % CI, palms resampled]", "EER with RSM, 5 ref. draws", "RSM (chosen on val.)",
               "TAR@FAR 1e-3 / 1e-4 / 1e-5", "rank-1 plain / RSM", "d′ plain / RSM", "training"]

@@ -8,8 +8,9 @@ temperature), then a few convolutions and an ArcFace head. Here: two scales of 1
 Gabor orientations on a 64 x 64 ROI, each followed by the competition and two conv blocks,
 concatenated into a 256-d L2-normalized embedding (cosine dissimilarity for matching).
 
-Training is bounded by wall time (``time_budget_s``), with a cosine LR schedule over the
-*time* budget, a checkpoint after every epoch (resumable) and a progress log.
+Training is bounded by wall time (``time_budget_s``) and by ``max_epochs``, with a cosine LR
+schedule over whichever of the two runs out first (so the LR reaches 0 either way), a checkpoint
+after every epoch (resumable) and a progress log. It runs on any torch device (``device``).
 """
 
 from __future__ import annotations
@@ -143,16 +144,20 @@ def prepare(rois: np.ndarray, size: int) -> Tensor:
 
 
 def augment(x: Tensor, gen: torch.Generator) -> Tensor:
-    """ROI misalignment between sessions (rotation +-8 deg, shift +-6 %, scale +-5 %) and contrast."""
+    """ROI misalignment between sessions (rotation +-8 deg, shift +-6 %, scale +-5 %) and contrast.
+
+    The random draws come from ``gen`` on the CPU whatever ``x``'s device, so a run is the same
+    sequence of augmentations on a CPU and a GPU."""
     n = x.shape[0]
     angle = (torch.rand(n, generator=gen) - 0.5) * (2 * math.pi / 180 * 8)
     shift = (torch.rand(n, 2, generator=gen) - 0.5) * 0.12
     scale = 1 + (torch.rand(n, generator=gen) - 0.5) * 0.1
+    gain = 1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.4
     cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
     out = F.grid_sample(x, grid, padding_mode="border", align_corners=False)
-    return out * (1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.4)
+    return out * gain.to(x.device)
 
 
 @dataclass
@@ -179,6 +184,8 @@ class CompNetMatcher:
     config: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: Path | None = None
     log: Path | None = None
+    device: str = "cpu"  # where ``fit`` trains; checkpoints and ``encode`` are on the CPU
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
     name: str = "CompNet-lite (learned competitive coding)"
     model: CompNetLite | None = None
     history: list[dict] = field(default_factory=list)
@@ -192,7 +199,7 @@ class CompNetMatcher:
         else:
             print(line, flush=True)
 
-    def fit(self, rois: np.ndarray, labels: np.ndarray) -> "CompNetMatcher":
+    def fit(self, rois: np.ndarray, labels: np.ndarray) -> CompNetMatcher:
         """Train with ArcFace on ROIs (n, H, W) and palm ids; resumes from ``checkpoint`` if present."""
         cfg = self.config
         if rois.shape[0] != labels.shape[0] or rois.shape[0] < 2:
@@ -201,14 +208,15 @@ class CompNetMatcher:
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         classes, y = np.unique(labels, return_inverse=True)
-        x, yt = prepare(rois, cfg.size), torch.from_numpy(y)
-        model = CompNetLite(cfg.dim, cfg.n_orient, cfg.width, cfg.size)
-        head = ArcFaceHead(cfg.dim, len(classes))
+        dev = torch.device(self.device)
+        x, yt = prepare(rois, cfg.size).to(dev), torch.from_numpy(y).to(dev)
+        model = CompNetLite(cfg.dim, cfg.n_orient, cfg.width, cfg.size).to(dev)
+        head = ArcFaceHead(cfg.dim, len(classes)).to(dev)
         params = list(model.parameters()) + list(head.parameters())
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         epoch, elapsed = 0, 0.0
         if self.checkpoint is not None and Path(self.checkpoint).is_file():
-            state = torch.load(self.checkpoint, weights_only=False)
+            state = torch.load(self.checkpoint, weights_only=False, map_location=dev)
             if state.get("config") != asdict(cfg) or state.get("n_classes") != len(classes):
                 raise InputError(f"checkpoint {self.checkpoint} was made with another config or label set")
             model.load_state_dict(state["model"])
@@ -222,38 +230,41 @@ class CompNetMatcher:
             model.train()
             t0 = time.perf_counter()
             order = torch.randperm(x.shape[0], generator=gen)
-            total, correct_loss = 0.0, 0
+            total_t: Tensor | None = None
             for b in range(n_batches):
-                frac = min(1.0, (elapsed + time.perf_counter() - t0) / cfg.time_budget_s)
-                lr = cfg.lr * (min(1.0, (epoch * n_batches + b + 1) / (2 * n_batches)))  # 2-epoch warm-up
-                lr *= 0.5 * (1 + math.cos(math.pi * frac))  # cosine over the *time* budget
+                step = epoch * n_batches + b + 1
+                frac = min(1.0, max((elapsed + time.perf_counter() - t0) / cfg.time_budget_s,
+                                    step / (cfg.max_epochs * n_batches)))
+                lr = cfg.lr * min(1.0, step / (2 * n_batches))  # 2-epoch warm-up
+                lr *= 0.5 * (1 + math.cos(math.pi * frac))  # cosine over the time or epoch budget, whichever ends first
                 for g in opt.param_groups:
                     g["lr"] = lr
-                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+                idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(dev)
                 loss = head(model(augment(x[idx], gen)), yt[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss.detach())
-                correct_loss += 1
+                total_t = loss.detach() if total_t is None else total_t + loss.detach()  # no GPU sync per step
             epoch += 1
+            total = float(total_t) / n_batches
             elapsed += time.perf_counter() - t0
-            self.history.append({"epoch": epoch, "loss": total / correct_loss, "elapsed_s": elapsed, "lr": lr})
-            self._log(f"epoch {epoch} loss {total / correct_loss:.3f} lr {lr:.2e} elapsed {elapsed:.0f}/{cfg.time_budget_s:.0f} s")
-            if self.checkpoint is not None:
+            self.history.append({"epoch": epoch, "loss": total, "elapsed_s": elapsed, "lr": lr})
+            self._log(f"epoch {epoch} loss {total:.3f} lr {lr:.2e} elapsed {elapsed:.0f}/{cfg.time_budget_s:.0f} s")
+            last = epoch >= cfg.max_epochs or elapsed >= cfg.time_budget_s
+            if self.checkpoint is not None and (last or epoch % self.checkpoint_every == 0):
                 tmp = Path(str(self.checkpoint) + ".tmp")
                 torch.save({"model": model.state_dict(), "head": head.state_dict(), "opt": opt.state_dict(),
                             "gen": gen.get_state(), "epoch": epoch, "elapsed": elapsed, "history": self.history,
                             "config": asdict(cfg), "n_classes": len(classes)}, tmp)
                 tmp.replace(self.checkpoint)
         self.train_s = elapsed
-        self.model = model.eval()
+        self.model = model.cpu().eval()
         return self
 
     @classmethod
-    def load(cls, checkpoint: Path, **kwargs) -> "CompNetMatcher":
+    def load(cls, checkpoint: Path, **kwargs) -> CompNetMatcher:
         """A trained matcher from a checkpoint written by ``fit`` (no training)."""
-        state = torch.load(checkpoint, weights_only=False)
+        state = torch.load(checkpoint, weights_only=False, map_location="cpu")
         cfg = TrainConfig(**state["config"])
         model = CompNetLite(cfg.dim, cfg.n_orient, cfg.width, cfg.size)
         model.load_state_dict(state["model"])
