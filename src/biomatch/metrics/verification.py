@@ -188,15 +188,29 @@ def det_curve(scores: ArrayLike, labels: ArrayLike) -> tuple[NDArray[np.float64]
     return roc.far, roc.frr, roc.thresholds
 
 
+def eer_on_curve(far: NDArray[np.float64], frr: NDArray[np.float64]) -> tuple[float, int, float]:
+    """EER read off ROC points ordered by descending threshold (FRR - FAR non-increasing).
+
+    Returns the EER, the index k of the first point with FRR <= FAR and the interpolation weight
+    between points k-1 and k; NaN EER if FRR stays above FAR (a truncated curve). Shared by the
+    plain and the weighted (palm-bootstrap) EER so both interpolate the same way.
+
+    >>> eer_on_curve(np.array([0.0, 0.5, 1.0]), np.array([1.0, 0.25, 0.0]))
+    (0.4, 1, 0.8)
+    """
+    d = frr - far  # +1 at the +inf threshold, -1 or 0 at the lowest
+    k = int(np.argmax(d <= 0))  # first sign change (d is non-increasing)
+    if d[k] > 0:
+        return math.nan, k, 1.0
+    if d[k] == 0 or k == 0:
+        return float(far[k]), k, 1.0
+    w = d[k - 1] / (d[k - 1] - d[k])  # fraction of the way from k-1 to k where d = 0
+    return float(far[k - 1] + w * (far[k] - far[k - 1])), k, float(w)
+
+
 def _eer_index(roc: RocCurve) -> tuple[float, int, float]:
     """EER, the index k of the first point with FRR <= FAR, and the interpolation weight."""
-    d = roc.frr - roc.far  # +1 at the +inf threshold, -1 or 0 at the lowest
-    k = int(np.argmax(d <= 0))  # first sign change (d is non-increasing)
-    if d[k] == 0 or k == 0:
-        return float(roc.far[k]), k, 1.0
-    w = d[k - 1] / (d[k - 1] - d[k])  # fraction of the way from k-1 to k where d = 0
-    value = roc.far[k - 1] + w * (roc.far[k] - roc.far[k - 1])
-    return float(value), k, float(w)
+    return eer_on_curve(roc.far, roc.frr)
 
 
 def _rates_at(g: NDArray[np.float64], i: NDArray[np.float64], t: float) -> tuple[float, float]:

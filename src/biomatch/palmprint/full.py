@@ -18,6 +18,7 @@ from torch import Tensor
 from biomatch.errors import InputError
 from biomatch.matching.rsm import RSM
 from biomatch.metrics.verification import eer as eer_of
+from biomatch.metrics.verification import eer_on_curve
 from biomatch.metrics.verification import verification_report
 from biomatch.palmprint.data import PalmSample, palm_labels
 from biomatch.palmprint.splits import Split, indices_of
@@ -171,14 +172,10 @@ def weighted_eer(scores: np.ndarray, genuine: np.ndarray, weights: np.ndarray,
     far = np.r_[0.0, ci[last] / ti]
     frr = np.r_[1.0, 1.0 - cg[last] / tg]
     thr = np.r_[np.inf, s[last]]
-    d = frr - far
-    k = int(np.argmax(d <= 0))
-    if d[k] > 0:  # never crossed inside the given pairs
-        return math.nan, float(thr[-1])
-    if d[k] == 0 or k == 0:
-        return float(far[k]), float(thr[k])
-    t = d[k - 1] / (d[k - 1] - d[k])
-    return float(far[k - 1] + t * (far[k] - far[k - 1])), float(thr[k])
+    value, k, _ = eer_on_curve(far, frr)
+    if math.isnan(value):  # never crossed inside the given pairs
+        return value, float(thr[-1])
+    return value, float(thr[k])
 
 
 def palm_bootstrap_eer(
