@@ -8,7 +8,9 @@ AT&T). Checks that need a full dataset use `shared_dataset` and skip with a reas
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,39 @@ def hands_samples():
 def tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("BIOMATCH_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@dataclass
+class CliResult:
+    """Exit code and captured output of one in-process CLI call (unpacks as code, out, err)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def __iter__(self):
+        return iter((self.returncode, self.stdout, self.stderr))
+
+
+@pytest.fixture()
+def run_cli(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
+    """Call the real entry point `biomatch.cli.main` in this process: ``run_cli(*argv, env={...})``.
+
+    In-process rather than a subprocess so the tests stay fast; exit codes come from SystemExit."""
+    from biomatch.cli import main
+
+    def run(*args: str, env: dict[str, str] | None = None) -> CliResult:
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("COLUMNS", "200")
+        monkeypatch.setattr(sys, "argv", ["biomatch", *args])
+        capfd.readouterr()
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        out = capfd.readouterr()
+        return CliResult(code, out.out, out.err)
+
+    return run

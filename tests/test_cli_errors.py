@@ -5,42 +5,32 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from PIL import Image
 
 from biomatch.gallery.toy import pattern_images
 
+if TYPE_CHECKING:
+    from conftest import CliResult
+
 PIX = ["--embedder", "pixels", "--threshold", "0.5"]
 
 
 @pytest.fixture(autouse=True)
-def _capture(capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    global _CAP, _MP
-    _CAP, _MP = capfd, monkeypatch
+def _runner(run_cli) -> None:
+    global _RUN
+    _RUN = run_cli
 
 
-def cli(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, home: Path) -> CliResult:
     """The entry point `biomatch.cli.main` in this process, with a private $BIOMATCH_HOME."""
-    from biomatch.cli import main
-
-    _MP.setenv("BIOMATCH_HOME", str(home))
-    _MP.setenv("COLUMNS", "200")
-    _MP.setattr(sys, "argv", ["biomatch", *args])
-    _CAP.readouterr()
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = _CAP.readouterr()
-    return subprocess.CompletedProcess(args, code, out.out, out.err)
+    return _RUN(*args, env={"BIOMATCH_HOME": str(home)})
 
 
-def one_error_line(res: subprocess.CompletedProcess[str], text: str) -> None:
+def one_error_line(res: CliResult, text: str) -> None:
     assert res.returncode == 2, (res.returncode, res.stdout, res.stderr)
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr

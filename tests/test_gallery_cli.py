@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from biomatch.cli import main
 from biomatch.gallery.toy import pattern_images
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["biomatch", *argv])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture
@@ -36,37 +23,37 @@ def images(tmp_path: Path) -> dict[str, list[str]]:
     return out
 
 
-def test_cli_flow(tmp_path: Path, images, capsys, monkeypatch) -> None:
+def test_cli_flow(tmp_path: Path, images, run_cli, monkeypatch) -> None:
     monkeypatch.setenv("BIOMATCH_HOME", str(tmp_path / "home"))
     common = ["--embedder", "pixels"]
     th = ["--threshold", "0.5"]
-    code, out, _ = run(["enroll", "alice", *images["alice"][:3], *common], capsys, monkeypatch)
+    code, out, _ = run_cli("enroll", "alice", *images["alice"][:3], *common)
     assert code == 0 and "3 template(s) added" in out
     assert (tmp_path / "home" / "gallery.db").is_file()  # the default store location
-    run(["enroll", "bob", *images["bob"][:2], *common], capsys, monkeypatch)
+    run_cli("enroll", "bob", *images["bob"][:2], *common)
 
-    code, out, _ = run(["verify", "alice", images["alice"][3], *common, *th], capsys, monkeypatch)
+    code, out, _ = run_cli("verify", "alice", images["alice"][3], *common, *th)
     assert code == 0 and out.startswith("accept alice: similarity") and "(accept at >= 0.5000)" in out
-    code, out, _ = run(["verify", "bob", images["alice"][3], *common, *th], capsys, monkeypatch)
+    code, out, _ = run_cli("verify", "bob", images["alice"][3], *common, *th)
     assert code == 1 and out.startswith("reject bob")
 
-    code, out, _ = run(["identify", images["bob"][3], "-k", "2", *common, *th], capsys, monkeypatch)
+    code, out, _ = run_cli("identify", images["bob"][3], "-k", "2", *common, *th)
     lines = out.splitlines()
     assert code == 0 and lines[0] == "bob" and lines[1].startswith("  1. bob") and lines[2].startswith("  2. alice")
-    code, out, _ = run(["identify", images["carol"][0], *common, *th, "--json"], capsys, monkeypatch)
+    code, out, _ = run_cli("identify", images["carol"][0], *common, *th, "--json")
     assert json.loads(out)["user"] is None
-    code, out, _ = run(["identify", images["carol"][0], *common, *th], capsys, monkeypatch)
+    code, out, _ = run_cli("identify", images["carol"][0], *common, *th)
     assert out.splitlines()[0] == "unknown"
 
-    code, out, _ = run(["users", "list", "--json"], capsys, monkeypatch)
+    code, out, _ = run_cli("users", "list", "--json")
     assert [(u["user"], u["templates"]) for u in json.loads(out)] == [("alice", 3), ("bob", 2)]
-    code, out, _ = run(["users", "delete", "bob"], capsys, monkeypatch)
+    code, out, _ = run_cli("users", "delete", "bob")
     assert code == 0 and "deleted bob (2 template(s))" in out
-    code, out, _ = run(["users", "list"], capsys, monkeypatch)
+    code, out, _ = run_cli("users", "list")
     assert out.startswith("alice\t3 template(s)")
 
 
-def test_cli_errors(tmp_path: Path, images, capsys, monkeypatch) -> None:
+def test_cli_errors(tmp_path: Path, images, run_cli) -> None:
     from biomatch.gallery.store import SQLiteStore
 
     SQLiteStore(tmp_path / "g.db").close()  # an existing, empty store (read-only commands refuse a missing one)
@@ -82,18 +69,17 @@ def test_cli_errors(tmp_path: Path, images, capsys, monkeypatch) -> None:
         (["identify", images["alice"][0], *store, "--embedder", "nope"], "unknown embedder 'nope'"),
     ]
     for argv, message in cases:
-        code, _, err = run(argv, capsys, monkeypatch)
+        code, _, err = run_cli(*argv)
         assert code == 2 and message in " ".join(err.split()), (argv, err)
     corrupt = tmp_path / "bad.png"
     corrupt.write_bytes(Path(images["alice"][0]).read_bytes()[:50])
-    code, _, err = run(["enroll", "alice", images["alice"][0], str(corrupt), *store, "--embedder", "pixels"],
-                       capsys, monkeypatch)
+    code, _, err = run_cli("enroll", "alice", images["alice"][0], str(corrupt), *store, "--embedder", "pixels")
     assert code == 2 and "bad.png" in err
-    code, out, _ = run(["users", "list", *store], capsys, monkeypatch)
+    code, out, _ = run_cli("users", "list", *store)
     assert out.strip() == "no users enrolled"  # the good image of the failed batch was not stored
 
 
-def test_cli_with_face_model(tmp_path: Path, capsys, monkeypatch) -> None:
+def test_cli_with_face_model(tmp_path: Path, run_cli) -> None:
     """The real default embedder and its calibrated threshold on LFW62 crops."""
     pytest.importorskip("onnxruntime")
     from biomatch.paths import dataset_dir
@@ -105,23 +91,23 @@ def test_cli_with_face_model(tmp_path: Path, capsys, monkeypatch) -> None:
     colin = sorted((root / "Colin_Powell").glob("*.jpg"))
     tony = sorted((root / "Tony_Blair").glob("*.jpg"))
     store = ["--store", str(tmp_path / "g.db"), "--embedder", "face-crop"]
-    assert run(["enroll", "colin", *map(str, colin[:3]), *store], capsys, monkeypatch)[0] == 0
-    assert run(["enroll", "tony", *map(str, tony[:3]), *store], capsys, monkeypatch)[0] == 0
-    code, out, _ = run(["identify", str(tony[10]), *store], capsys, monkeypatch)
+    assert run_cli("enroll", "colin", *map(str, colin[:3]), *store).returncode == 0
+    assert run_cli("enroll", "tony", *map(str, tony[:3]), *store).returncode == 0
+    code, out, _ = run_cli("identify", str(tony[10]), *store)
     assert out.splitlines()[0] == "tony"
-    code, out, _ = run(["verify", "colin", str(colin[10]), *store], capsys, monkeypatch)
+    code, out, _ = run_cli("verify", "colin", str(colin[10]), *store)
     assert code == 0 and out.startswith("accept colin")
-    code, out, _ = run(["verify", "colin", str(tony[10]), *store], capsys, monkeypatch)
+    code, out, _ = run_cli("verify", "colin", str(tony[10]), *store)
     assert code == 1
     # a threshold calibrated for another model is refused
     other = tmp_path / "other.threshold.json"
     other.write_text(json.dumps({"model_sha256": "0" * 64, "threshold": 0.3, "target_far": 0.001, "far": 0.001,
                                  "tar": 0.9, "n_genuine": 1, "n_impostor": 1, "dataset": "x", "date": "x"}))
-    code, _, err = run(["verify", "colin", str(colin[10]), *store, "--threshold-file", str(other)], capsys, monkeypatch)
+    code, _, err = run_cli("verify", "colin", str(colin[10]), *store, "--threshold-file", str(other))
     assert code == 2 and "calibrated for model sha256 000" in " ".join(err.split())
 
 
-def test_cli_identify_with_rsm(tmp_path: Path, images, capsys, monkeypatch) -> None:
+def test_cli_identify_with_rsm(tmp_path: Path, images, run_cli) -> None:
     """--rescore rsm and its options reach the service: same ranking and R values as the API."""
     from biomatch.gallery.service import GalleryService
     from biomatch.gallery.store import SQLiteStore
@@ -130,10 +116,9 @@ def test_cli_identify_with_rsm(tmp_path: Path, images, capsys, monkeypatch) -> N
     db = tmp_path / "g.db"
     base = ["--store", str(db), "--embedder", "pixels"]
     for name in ("alice", "bob", "carol"):
-        run(["enroll", name, *images[name][:2], *base], capsys, monkeypatch)
+        run_cli("enroll", name, *images[name][:2], *base)
     rsm = ["--rescore", "rsm", "--rsm-m", "3", "--rsm-alpha", "0.5", "--rsm-seed", "4", "--shortlist", "2"]
-    code, out, _ = run(["identify", images["bob"][3], "-k", "3", *base, "--threshold", "0.5", *rsm, "--json"],
-                       capsys, monkeypatch)
+    code, out, _ = run_cli("identify", images["bob"][3], "-k", "3", *base, "--threshold", "0.5", *rsm, "--json")
     got = json.loads(out)
     svc = GalleryService(PixelEmbedder(), SQLiteStore(db), 0.5, rescore="rsm",
                          rescore_options={"m": 3, "alpha": 0.5, "seed": 4, "shortlist": 2})
@@ -145,8 +130,7 @@ def test_cli_identify_with_rsm(tmp_path: Path, images, capsys, monkeypatch) -> N
     other = GalleryService(PixelEmbedder(), SQLiteStore(db), 0.5, rescore="rsm",
                            rescore_options={"m": 3, "alpha": 1.0, "seed": 4, "shortlist": 2})
     assert other.identify(images["bob"][3], k=1).candidates[0].rsm != pytest.approx(got["candidates"][0]["rsm"])
-    code, out, _ = run(["identify", images["bob"][3], *base, "--threshold", "0.5", *rsm], capsys, monkeypatch)
+    code, out, _ = run_cli("identify", images["bob"][3], *base, "--threshold", "0.5", *rsm)
     assert out.splitlines()[0] == "bob" and " rsm " in out.splitlines()[1]
-    code, _, err = run(["identify", images["bob"][3], *base, "--threshold", "0.5", "--rescore", "knn"],
-                       capsys, monkeypatch)
+    code, _, err = run_cli("identify", images["bob"][3], *base, "--threshold", "0.5", "--rescore", "knn")
     assert code == 2 and "unknown rescoring 'knn'" in err
