@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,10 +38,11 @@ from biomatch.hands.resolution import (
     PROCESSING_VERSION,
     VARIANTS,
     make_variant,
+    paired_subject_bootstrap,
     score_variant,
 )
 from biomatch.metrics.retrieval import bootstrap_ci
-from biomatch.paths import REPO_ROOT, cache_dir
+from biomatch.paths import REPO_ROOT, cache_dir, dataset_dir
 from biomatch.results import (
     RESULTS_DIR,
     git_commit,
@@ -59,8 +61,9 @@ PROTOCOL = ("test = the hires set's subjects with both views (dorsal queries →
             "method's fixed budget); repeats = head seeds on this one fixed split; ranks pessimistic on ties")
 
 
-def aggregate(per_seed: list[dict], rows: list[str]) -> dict:
-    """mean ± std over seeds of every metric of every row, plus paired deltas against 180×180."""
+def aggregate(per_seed: list[dict], rows: list[str], query_subjects: list[str] | None = None) -> dict:
+    """mean ± std over seeds of every metric of every row, plus paired deltas against 180×180
+    (per seed, and a subject-level bootstrap CI over the same queries, ranks averaged over seeds)."""
     out: dict = {}
     for row in rows:
         recs = [p["rows"][row] for p in per_seed if row in p["rows"]]
@@ -80,6 +83,11 @@ def aggregate(per_seed: list[dict], rows: list[str]) -> dict:
             out[f"delta {row} - {ref}"] = {
                 m: summarize([a[m] - b[m] for a, b in pairs]) for m in ("recall@1", "mean_rank")}
             out[f"delta {row} - {ref}"]["r1_higher_on_seeds"] = sum(a["recall@1"] > b["recall@1"] for a, b in pairs)
+            both = [p for p in per_seed if row in p["rows"] and ref in p["rows"]]
+            if query_subjects and all("first_rank" in p["rows"][row] for p in both):
+                out[f"delta {row} - {ref}"]["subject_bootstrap_ci95"] = paired_subject_bootstrap(
+                    np.array([p["rows"][row]["first_rank"] for p in both]),
+                    np.array([p["rows"][ref]["first_rank"] for p in both]), query_subjects)
     return out
 
 
@@ -121,7 +129,8 @@ def main() -> None:
             "n_test_gallery_hires": len(HandsSplit.gallery(split.hires_test)),
             "n_lowres_own_test_subjects": len({s.identity for s in split.lowres_test}),
             "n_lowres_own_test_images": len(split.lowres_test), "exact_lowres_files": n_exact,
-            "processing_version": PROCESSING_VERSION}
+            "processing_version": PROCESSING_VERSION,
+            "query_subjects": [s.identity for s in HandsSplit.queries(split.hires_test)]}
     for seed in seeds:
         if seed in done:
             continue
@@ -148,7 +157,8 @@ def main() -> None:
         per_seed = sorted([p for p in per_seed if p["seed"] != seed] + [rec], key=lambda p: p["seed"])
         _write(cfg, per_seed, rows, info)
         print(f"seed {seed}: {LOWRES_OWN} R@1 {r.metrics['recall@1']:.3f}; written {out}", flush=True)
-    if out.is_file():
+    if per_seed:
+        _write(cfg, per_seed, rows, info)  # refresh the aggregate (e.g. after --resume)
         write_section(json.loads(out.read_text()))
 
 
@@ -160,13 +170,77 @@ def _write(cfg, per_seed: list[dict], rows: list[str], info: dict) -> None:
     write_result(
         NAME, benchmark=NAME, method=f"{cfg.name}: {cfg.description}",
         dataset="11k Hands: hands11k_hires (640×480, test) + hands11k (100–180 px, train)", protocol=PROTOCOL,
-        seeds=[p["seed"] for p in per_seed], metrics=aggregate(per_seed, rows), timing=timing,
+        seeds=[p["seed"] for p in per_seed], metrics=aggregate(per_seed, rows, info.get("query_subjects")),
+        timing=timing,
         extra={"seed_role": "report", "seed_note": "head seeds on one fixed split; the method was frozen on the "
                "main benchmark's tuning seeds 0-4 and nothing is chosen here", "rows": rows, **info,
                "config": cfg.model_dump(), "per_seed": per_seed, "machine": machine_description(),
                "timing_note": "timing of the first seed's pass (later seeds read the caches); landmarks_s = "
                               "MediaPipe over the 518 test images, features_s = both Lite0 tap passes"},
     )
+
+
+PLOT = RESULTS_DIR / "hands_resolution_plots" / "resolution.png"
+
+
+def _ci_words(ci: dict) -> str:
+    """Which of the paired differences a subject-level 95 % CI separates from zero."""
+    clear = [k for k, (_, lo, hi) in ci.items() if lo > 0 or hi < 0]
+    return "the CI excludes 0 for " + " and ".join(clear) if clear else "both CIs include 0"
+
+
+def plot(record: dict, example: str = "Hand_0000005.jpg") -> Path | None:
+    """One test photo as each row sees it (left) and R@1 / mean rank per row, mean ± std (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    rows = [r for r in record["rows"] if r in record["metrics"]]
+    if not rows:
+        return None
+    folder = cache_dir() / "hands11k_hires_variants"
+    pics = []
+    for r in rows[1:]:
+        for cand in (folder / f"{record['processing_version']}-{r}" / example,
+                     dataset_dir("hands11k") / "images" / example):
+            if cand.is_file() and (r == "640x480" or Image.open(cand).size == tuple(map(int, r.split("x")))):
+                pics.append((r, Image.open(cand).convert("RGB")))
+                break
+    fig = plt.figure(figsize=(13, 4.6))
+    grid = fig.add_gridspec(2, len(pics) + 2, width_ratios=[1] * len(pics) + [1.6, 1.6])
+    box = (0.35, 0.2, 0.6, 0.45)  # the same relative region (fingers) of every copy, enlarged
+    for i, (r, im) in enumerate(pics):
+        ax = fig.add_subplot(grid[0, i])
+        ax.imshow(im)
+        ax.set_title(f"{r} (its pixels)", fontsize=8)
+        ax.set_xticks([]), ax.set_yticks([])
+        w, h = im.size
+        crop = im.crop((int(box[0] * w), int(box[1] * h), int(box[2] * w), int(box[3] * h)))
+        ax = fig.add_subplot(grid[1, i])
+        ax.imshow(crop.resize((200, round(200 * crop.size[1] / crop.size[0])), Image.Resampling.NEAREST))
+        ax.set_title(f"zoom: {crop.size[0]}×{crop.size[1]} px", fontsize=8)
+        ax.set_xticks([]), ax.set_yticks([])
+    labels = [r if r != LOWRES_OWN else "low-res own\n(other photos)" for r in rows]
+    for j, (key, title) in enumerate((("recall@1", "R@1 (higher is better)"),
+                                      ("mean_rank", "mean rank (lower is better)"))):
+        ax = fig.add_subplot(grid[:, len(pics) + j])
+        mean = [record["metrics"][r][key]["mean"] for r in rows]
+        std = [record["metrics"][r][key]["std"] for r in rows]
+        ax.barh(range(len(rows)), mean, xerr=std, color=["#999"] + ["#4c72b0"] * (len(rows) - 1))
+        ax.set_yticks(range(len(rows)), labels if j == 0 else [""] * len(rows), fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=9)
+        for y, (m_, s_) in enumerate(zip(mean, std)):
+            ax.text(m_ + s_, y, f" {m_:.3f}" if key == "recall@1" else f" {m_:.2f}", va="center", fontsize=7)
+    fig.suptitle(f"{record['config']['name']} on the same {record['n_test_subjects']} test subjects at each "
+                 f"resolution (head seeds {record['seeds']})", fontsize=9)
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+    plt.close(fig)
+    return PLOT
 
 
 def write_section(record: dict) -> None:
@@ -199,7 +273,10 @@ def write_section(record: dict) -> None:
                       timing])
     deltas = [f"{k}: R@1 {v['recall@1']['mean']:+.3f} ± {v['recall@1']['std']:.3f}, mean rank "
               f"{v['mean_rank']['mean']:+.2f} ± {v['mean_rank']['std']:.2f} (higher R@1 on "
-              f"{v['r1_higher_on_seeds']} of {v['recall@1']['n']} seeds)"
+              f"{v['r1_higher_on_seeds']} of {v['recall@1']['n']} seeds"
+              + (", subject-bootstrap 95 % CI R@1 [{:+.3f}, {:+.3f}], mean rank [{:+.2f}, {:+.2f}]; {})".format(
+                  *v["subject_bootstrap_ci95"]["recall@1"][1:], *v["subject_bootstrap_ci95"]["mean_rank"][1:],
+                  _ci_words(v["subject_bootstrap_ci95"])) if "subject_bootstrap_ci95" in v else ")")
               for k, v in m.items() if k.startswith("delta ")]
     commits = sorted({p["commit"][:7] + ("*" if p["commit"].endswith("dirty") else "") for p in per_seed})
     md = "\n\n".join([
@@ -224,10 +301,16 @@ def write_section(record: dict) -> None:
         markdown_table(["test images", "R@1", "R@5", "mean rank", "mAP", "FTA", "FTA dorsal / palmar",
                         "ms/img landmarks / features"], table),
         ("Paired against 180×180 (same heads, same photos): " + "; ".join(deltas) + ".") if deltas else "",
-        ("These numbers are not comparable with the hands_dorsal_palmar table (other test subjects, 59 instead "
+        ("Caveat: the heads were trained on 100–180 px images, so the high-resolution rows measure what "
+         "better test images give a low-resolution-trained method; 59 hires subjects with both views are too "
+         "few to train a high-resolution method on (SOURCE.md). "
+         "These numbers are not comparable with the hands_dorsal_palmar table (other test subjects, 59 instead "
         "of 38, and 125 training subjects instead of ≈ 143). Per-seed results and per-query ranks: "
         "benchmarks/results/hands_resolution.json."),
     ])
+    pic = plot(record)
+    if pic is not None:
+        md += f"\n\n![resolution rows]({pic.relative_to(REPO_ROOT)})"
     update_benchmarks_section(NAME, md)
 
 

@@ -10,7 +10,12 @@ from PIL import Image
 
 from biomatch.data.datasets import Sample
 from biomatch.errors import InputError, NotFoundError
-from biomatch.hands.protocol import HandsSplit, load_hires_hands, make_split, resolution_split
+from biomatch.hands.protocol import (
+    HandsSplit,
+    load_hires_hands,
+    make_split,
+    resolution_split,
+)
 from biomatch.hands.resolution import VARIANTS, Variant, lowres_copy, make_variant
 from biomatch.paths import shared_dataset_dir
 
@@ -126,3 +131,29 @@ def test_score_variant_reproduces_run_method(hands_samples, tmp_path):
     assert 0 <= got.metrics["fta_rate_dorsal"] <= 1
     with pytest.raises(InputError, match="both"):
         score_variant(cfg, res.model, bank, train, HandsSplit.queries(split.test), cache=tmp_path)
+
+
+def test_paired_subject_bootstrap_against_a_plain_loop():
+    from biomatch.hands.resolution import paired_subject_bootstrap
+
+    rng = np.random.default_rng(1)
+    subjects = [f"s{i // 3}" for i in range(30)]  # 10 subjects × 3 queries
+    a = rng.integers(1, 6, (2, 30))
+    b = rng.integers(1, 6, (2, 30))
+    got = paired_subject_bootstrap(a, b, subjects, n_boot=500, seed=7)
+    # the same resampling, written as a loop over drawn subjects
+    names = sorted(set(subjects))
+    d_r1 = (a == 1).mean(0) - (b == 1).mean(0)
+    d_mr = a.mean(0) - b.mean(0)
+    draws = np.random.default_rng(7).multinomial(10, np.full(10, 0.1), size=500)
+    boot_r1, boot_mr = [], []
+    for w in draws:
+        idx = [q for k, n in zip(names, w) for _ in range(n) for q in range(30) if subjects[q] == k]
+        boot_r1.append(d_r1[idx].mean())
+        boot_mr.append(d_mr[idx].mean())
+    assert np.allclose(got["recall@1"], [d_r1.mean(), *np.quantile(boot_r1, [0.025, 0.975])])
+    assert np.allclose(got["mean_rank"], [d_mr.mean(), *np.quantile(boot_mr, [0.025, 0.975])])
+    same = paired_subject_bootstrap(a, a, subjects, n_boot=50)
+    assert same["recall@1"] == [0.0, 0.0, 0.0] and same["mean_rank"] == [0.0, 0.0, 0.0]
+    with pytest.raises(InputError, match="do not match"):
+        paired_subject_bootstrap(a, b[:, :10], subjects)

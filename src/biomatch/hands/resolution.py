@@ -156,3 +156,26 @@ def score_variant(cfg: MethodConfig, model: nn.Module, train_bank, train: Sequen
             metrics[f"fta_rate{label}"] = float(1 - ok.mean())
             metrics[f"fta_count{label}"] = float((~ok).sum())
     return VariantScore(ranks, metrics, np.asarray(scores), queries, gallery, timing)
+
+
+def paired_subject_bootstrap(first_rank_a: np.ndarray, first_rank_b: np.ndarray, subjects: Sequence[str],
+                             n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, list[float]]:
+    """Percentile CI of (a − b) for R@1 and mean rank when a and b rank the same queries:
+    resampling *subjects* (all of a subject's queries together, since they share a hand and a
+    photo session), not queries. Ranks may be (n_seeds, n_queries); they are averaged over seeds
+    first. Returns {"recall@1": [point, lo, hi], "mean_rank": [point, lo, hi]}."""
+    a, b = np.atleast_2d(np.asarray(first_rank_a, float)), np.atleast_2d(np.asarray(first_rank_b, float))
+    if a.shape != b.shape or a.shape[1] != len(subjects):
+        raise InputError(f"rank arrays {a.shape} / {b.shape} do not match {len(subjects)} query subjects")
+    diffs = {"recall@1": ((a == 1).mean(0) - (b == 1).mean(0)), "mean_rank": (a.mean(0) - b.mean(0))}
+    names, inverse = np.unique(np.asarray(subjects), return_inverse=True)
+    counts = np.bincount(inverse, minlength=len(names)).astype(float)
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(len(names), np.full(len(names), 1 / len(names)), size=n_boot).astype(float)
+    out = {}
+    for key, d in diffs.items():
+        sums = np.bincount(inverse, weights=d, minlength=len(names))
+        boot = (draws @ sums) / (draws @ counts)  # each drawn subject brings all of its queries
+        lo, hi = np.quantile(boot, [(1 - level) / 2, 1 - (1 - level) / 2])
+        out[key] = [float(d.mean()), float(lo), float(hi)]
+    return out
