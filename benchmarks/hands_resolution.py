@@ -105,7 +105,10 @@ def main() -> None:
         write_section(json.loads((RESULTS_DIR / f"{NAME}.json").read_text()))
         return
     seeds = [int(s) for s in args.seeds.split(",")]
-    variants = [VARIANTS[v] for v in args.variants.split(",")]  # KeyError names a bad variant
+    bad = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if bad:
+        parser.error(f"unknown variant(s) {bad}: choose from {list(VARIANTS)}")
+    variants = [VARIANTS[v] for v in args.variants.split(",")]
     cfg = load_method(REPO_ROOT / "configs" / f"{BEST_METHOD}.yaml")
     lowres, hires = load_hands(), load_hires_hands()
     split = resolution_split(lowres, hires)
