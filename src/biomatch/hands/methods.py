@@ -264,7 +264,8 @@ class FeatureBank:
         return canon, alt
 
 
-def _head_embed(head: nn.Module, canon: np.ndarray, alt: np.ndarray | None, tta: bool) -> np.ndarray:
+def head_embed(head: nn.Module, canon: np.ndarray, alt: np.ndarray | None, tta: bool) -> np.ndarray:
+    """L2-normalized head embeddings of canonical features (+ the mirrored ones when ``tta``)."""
     head.eval()
     with torch.no_grad():
         z = head(torch.from_numpy(canon))
@@ -401,7 +402,7 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
 
     def embed_head(samples: Sequence[Sample], module: nn.Module) -> np.ndarray:
         canon, alt = bank.canonical(samples)
-        return _head_embed(module.cpu() if device == "cpu" else module, canon, alt, cfg.tta)
+        return head_embed(module.cpu() if device == "cpu" else module, canon, alt, cfg.tta)
 
     def validate(module: nn.Module) -> dict[str, float]:
         q, g = HandsSplit.queries(val), HandsSplit.gallery(val)

@@ -20,8 +20,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -93,13 +91,10 @@ def make_variant(samples: Sequence[Sample], variant: Variant, out_root: Path,
 
 def embed_with(model: nn.Module, bank, samples: Sequence[Sample], tta: bool = False) -> np.ndarray:
     """L2-normalized head embeddings of `samples` from a `FeatureBank` holding them (as run_method)."""
+    from biomatch.hands.methods import head_embed
+
     canon, alt = bank.canonical(samples)
-    model.eval()
-    with torch.no_grad():
-        z = model(torch.from_numpy(canon))
-        if tta and alt is not None:
-            z = z + model(torch.from_numpy(alt))
-    return F.normalize(z, dim=1).numpy()
+    return head_embed(model, canon, alt, tta)
 
 
 @dataclass
