@@ -19,7 +19,6 @@ and recipe gets the same budget and everything fits `--budget-s`; results are wr
 from __future__ import annotations
 
 import argparse
-import copy
 import io
 import json
 import math
@@ -177,7 +176,8 @@ def load_data(folder: str, limit: int | None):
     """Decoded aligned crops as one uint8 (N, 3, S, S) tensor, plus metadata and splits."""
     z = np.load(os.path.join(folder, "images.npz"))
     offsets, blob = z["offsets"], z["jpeg"]
-    meta = json.load(open(os.path.join(folder, "meta.json")))
+    with open(os.path.join(folder, "meta.json")) as fh:
+        meta = json.load(fh)
     n = len(offsets) - 1
 
     def decode(i: int) -> np.ndarray:
@@ -310,15 +310,17 @@ def run_one(r: Runner, frozen: tuple[torch.Tensor, torch.Tensor], split: dict, r
     return {"q": ft_q, "g": ft_g, "warm_q": warm_q, "warm_g": warm_g}
 
 
-def probe_step_s(r: Runner, split: dict, n: int = 12) -> float:
-    """Seconds per finetune step (after 3 warm-up steps), to size the budget before any seed runs."""
+def probe_step_s(r: Runner, split: dict, n: int | None = None) -> float:
+    """Seconds per finetune step (after warm-up steps), to size the budget before any seed runs."""
     bb, head = r.backbone(), Head().to(r.device)
     opt = torch.optim.AdamW(list(bb.parameters()) + list(head.parameters()), lr=1e-6)
     sampler = PKViewSampler(np.array(split["train_labels"]), np.array(split["train_views"]), 0)
     labels = torch.as_tensor(split["train_labels"], device=r.device)
     views = torch.as_tensor(split["train_views"], device=r.device)
+    n = n or (12 if r.cuda else 2)  # a CPU step takes seconds: a short probe there
+    warm = 3 if r.cuda else 1
     times = []
-    for i in range(n + 3):
+    for i in range(n + warm):
         if r.cuda:
             torch.cuda.synchronize()
         t = time.perf_counter()
@@ -332,7 +334,7 @@ def probe_step_s(r: Runner, split: dict, n: int = 12) -> float:
         opt.step()
         if r.cuda:
             torch.cuda.synchronize()
-        if i >= 3:
+        if i >= warm:
             times.append(time.perf_counter() - t)
     return float(np.median(times))
 
@@ -391,7 +393,7 @@ def main() -> None:
     arrays: dict[str, np.ndarray] = {"names": np.array(meta["names"])}
     for seed, name in runs:
         recipe = RECIPES[name]
-        steps = max(1, int(round(recipe["steps"] * scale)))
+        steps = max(1, round(recipe["steps"] * scale))
         warm_steps = recipe["warmup_steps"]  # head-only steps on cached features: cheap, never scaled
         elapsed = time.perf_counter() - start
         done = log["runs"]

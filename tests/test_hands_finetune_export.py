@@ -94,3 +94,12 @@ def test_export_splits_match_handssplit(tmp_path, export, hands_samples):
     z = np.load(tmp_path / "images.npz")
     assert len(z["offsets"]) == len(names) + 1
     assert json.loads((tmp_path / "meta.json").read_text())["weights_file"] == export.WEIGHTS_FILE
+
+
+def test_fusion_choice_rule():
+    fusion = _load("benchmarks/hands_finetune_fusion.py", "hands_finetune_fusion")
+    table = {("A", 0.0): [{"recall@1": 0.70, "mean_rank": 3.0}],
+             ("A", 0.5): [{"recall@1": 0.72, "mean_rank": 2.9}],
+             ("B", 0.3): [{"recall@1": 0.718, "mean_rank": 2.5}],  # within 0.005 of the best R@1, lower rank
+             ("B", 1.0): [{"recall@1": 0.60, "mean_rank": 1.0}]}  # lowest rank but far lower R@1
+    assert fusion.choose(table) == ("B", 0.3)
