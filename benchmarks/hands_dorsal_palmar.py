@@ -200,33 +200,34 @@ def _cell(rec: dict | None, metric: str) -> str:
     return f"{m['mean']:.3f} ± {m['std']:.3f}{partial}"
 
 
-def _derive_best_tuning(results: dict[str, dict[str, dict]]) -> str:
-    """When the best method has no tuning run of its own but differs from a tuned config only in
-    `geometry_weight`, fill its tuning column from that run's geometry sweep (the very same
-    heads, scored at the chosen weight; see GEOMETRY_SWEEP) and say so."""
-    best = load_method(REPO_ROOT / "configs" / f"{BEST_METHOD}.yaml").model_dump()
-    if "tuning" in results.get(BEST_METHOD, {}):
-        return ""
+def _derive_tuning(results: dict[str, dict[str, dict]]) -> list[str]:
+    """A config with a report run but no tuning run of its own that differs from a tuned config only
+    in `geometry_weight` gets its tuning column from that run's geometry sweep (the very same heads,
+    scored at the chosen weight; see GEOMETRY_SWEEP), and a note saying so."""
     skip = {"name", "description", "verdict", "geometry_weight"}
-    w = best["geometry_weight"]
-    for name, recs in results.items():
-        rec = recs.get("tuning")
-        if rec is None or any(rec["config"].get(k) != v for k, v in best.items() if k not in skip):
+    notes = []
+    for target in sorted(results):
+        if "tuning" in results[target] or not (REPO_ROOT / "configs" / f"{target}.yaml").is_file():
             continue
-        key = f"geo{w:g}:"
-        if not all(key + "recall@1" in p for p in rec["per_seed"]):
-            continue
-        # only R@1 and mean rank were recorded at the other weights: nothing else is carried over
-        per_seed = [{"seed": p["seed"], "commit": p["commit"], "recall@1": p[key + "recall@1"],
-                     "mean_rank": p[key + "mean_rank"]} for p in rec["per_seed"]]
-        derived = {**rec, "per_seed": per_seed, "config": {**rec["config"], "name": BEST_METHOD},
-                   "metrics": {"recall@1": summarize([p["recall@1"] for p in per_seed]),
-                               "mean_rank": summarize([p["mean_rank"] for p in per_seed]),
-                               "fta_rate": rec["metrics"].get("fta_rate")}}
-        results.setdefault(BEST_METHOD, {})["tuning"] = derived
-        return (f"The tuning column of {BEST_METHOD} is {name}'s run on seeds {rec['seeds']} scored at geometry "
-                f"weight {w:g} (the same heads; only the weight differs).")
-    return ""
+        want = load_method(REPO_ROOT / "configs" / f"{target}.yaml").model_dump()
+        key = f"geo{want['geometry_weight']:g}:"
+        for name, recs in sorted(results.items()):
+            rec = recs.get("tuning")
+            if rec is None or rec["config"].get("name") == target or any(rec["config"].get(k) != v for k, v in want.items() if k not in skip):
+                continue
+            if not all(key + "recall@1" in p for p in rec["per_seed"]):
+                continue
+            # only R@1 and mean rank were recorded at the other weights: nothing else is carried over
+            per_seed = [{"seed": p["seed"], "commit": p["commit"], "recall@1": p[key + "recall@1"],
+                         "mean_rank": p[key + "mean_rank"]} for p in rec["per_seed"]]
+            results[target]["tuning"] = {**rec, "per_seed": per_seed, "config": {**rec["config"], "name": target},
+                                         "metrics": {"recall@1": summarize([p["recall@1"] for p in per_seed]),
+                                                     "mean_rank": summarize([p["mean_rank"] for p in per_seed]),
+                                                     "fta_rate": rec["metrics"].get("fta_rate")}}
+            notes.append(f"The tuning column of {target} is {name}'s run on seeds {rec['seeds']} scored at geometry "
+                         f"weight {want['geometry_weight']:g} (the same heads; only the weight differs).")
+            break
+    return notes
 
 
 def write_section() -> None:
@@ -237,7 +238,7 @@ def write_section() -> None:
         name, role = record["config"]["name"], record.get("seed_role")
         if role in ("tuning", "report") and (REPO_ROOT / "configs" / f"{name}.yaml").is_file():
             results.setdefault(name, {})[role] = record
-    derived_note = _derive_best_tuning(results)
+    derived_notes = _derive_tuning(results)
     rows = []
     for name, recs in sorted(results.items(), key=lambda kv: (kv[0] != BEST_METHOD, kv[0])):
         t, r = recs.get("tuning"), recs.get("report")
@@ -256,7 +257,7 @@ def write_section() -> None:
     for ref_name, ref in REFERENCES.values():
         rows.append([f"reference: {ref_name}", "published, 1 split", "–", "–", f"{ref['recall@1']:.3f}",
                      f"{ref['mean_rank']:.2f}", f"{ref['recall@5']:.3f}", "–", "–", "–", "–"])
-    notes = [derived_note] if derived_note else []
+    notes = list(derived_notes)
     for role in ("tuning", "report"):
         a, b = (results.get(n, {}).get(role) for n in ("hands_a_twin_contrastive", "hands_b_triplet_batch_hard"))
         if a and b:
