@@ -96,7 +96,7 @@ def finetuned_scores(z, seed: int, recipe: str, r: RunResult) -> np.ndarray:
     if [names[i] for i in z[f"s{seed}_query"]] != [s.path.name for s in r.queries] or \
             [names[i] for i in z[f"s{seed}_gallery"]] != [s.path.name for s in r.gallery]:
         raise InputError(f"seed {seed}: the GPU run's queries/gallery are not this split's (re-export?)")
-    return z[f"s{seed}_{recipe}_q"] @ z[f"s{seed}_{recipe}_g"].T
+    return z[f"s{seed}_{recipe}_q"].astype(np.float32) @ z[f"s{seed}_{recipe}_g"].astype(np.float32).T
 
 
 def fused_result(r: RunResult, s_ft: np.ndarray, a: float) -> RunResult:
