@@ -146,3 +146,32 @@ def test_geometry_scorer_is_neutral_for_missing_rows():
     # with landmarks, the right subject scores highest for most queries (a learned, real signal)
     rows = [i for i in range(20) if i not in (3, 5)]
     assert np.mean([np.argmax(s[i]) == i for i in rows]) > 0.8
+
+
+def test_split_detection_matches_serial_and_survives_a_failed_child(hands_samples, tmp_path, monkeypatch):
+    """The two-process landmark pass gives the serial pass's points, in order; a child that fails
+    has its half redone in this process."""
+    from biomatch.hands import landmarks
+
+    paths = [str(s.path) for s in hands_samples[:8]]
+    serial = np.stack(list(landmarks._detect_serial(paths)))
+    monkeypatch.setattr(landmarks, "PARALLEL_MIN_IMAGES", 4)
+    monkeypatch.setattr(landmarks.os, "cpu_count", lambda: 2)
+    split = np.stack(list(landmarks._detect_all(paths)))
+    np.testing.assert_array_equal(split, serial)
+    monkeypatch.setattr(landmarks.sys, "executable", "false")  # the child exits 1 at once
+    np.testing.assert_array_equal(np.stack(list(landmarks._detect_all(paths))), serial)
+
+
+def test_cache_keys_follow_content_not_modification_time(tmp_path):
+    import os
+
+    from biomatch.data.images import file_fingerprint
+
+    a = tmp_path / "a.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(a)
+    key = file_fingerprint(a)
+    os.utime(a, (1_000_000, 1_000_000))  # a re-copied file: same bytes, new time
+    assert file_fingerprint(a) == key
+    Image.new("RGB", (8, 8), (3, 2, 1)).save(a)  # same size, other content
+    assert file_fingerprint(a) != key

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from biomatch.data.datasets import Sample
-from biomatch.data.images import load_image
+from biomatch.data.images import file_fingerprint, load_image
 from biomatch.paths import cache_dir
 
 
@@ -85,8 +85,7 @@ def cache_key(backbone_name: str, weights_id: str, transform: Callable, samples:
     for part in (backbone_name, weights_id, repr(transform), str(mirror), extra):
         h.update(part.encode() + b"\0")
     for s in samples:
-        stat = s.path.stat()
-        h.update(f"{s.path.name}:{stat.st_size}:{int(stat.st_mtime)}".encode() + b"\0")
+        h.update(file_fingerprint(s.path).encode() + b"\0")
     return h.hexdigest()[:24]
 
 

@@ -28,7 +28,7 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from biomatch.data.datasets import Sample
+from biomatch.data.images import file_fingerprint
 from biomatch.paths import cache_dir
 
 WRIST, THUMB_TIP, INDEX_MCP, MIDDLE_MCP, RING_MCP, PINKY_MCP = 0, 4, 5, 9, 13, 17
@@ -116,8 +117,7 @@ class LandmarkDetector:
 
 
 def _file_key(path: Path) -> str:
-    st = path.stat()
-    return f"{path.name}:{st.st_size}:{int(st.st_mtime)}"
+    return file_fingerprint(path)
 
 
 def landmark_cache_path(cache: Path | None = None) -> Path:
@@ -140,14 +140,13 @@ def cached_landmarks(samples: Sequence[Sample], cache: Path | None = None,
     keys = [_file_key(s.path) for s in samples]
     todo = [i for i, k in enumerate(keys) if k not in store]
     if todo:
-        detector = LandmarkDetector()
         start = time.perf_counter()
-        for n, i in enumerate(_progress(todo, progress, "hand landmarks"), 1):
-            store[keys[i]] = detector(np.asarray(Image.open(samples[i].path).convert("RGB"))).points
+        found = _detect_all([str(samples[i].path) for i in todo])
+        for n, (i, pts) in enumerate(_progress(zip(todo, found), progress, "hand landmarks", len(todo)), 1):
+            store[keys[i]] = pts
             if progress and not sys.stderr.isatty() and (n % 250 == 0 or n == len(todo)):
                 print(f"  hand landmarks {n}/{len(todo)} ({time.perf_counter() - start:.0f} s)",
                       file=sys.stderr, flush=True)
-        detector.close()
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
         np.savez(tmp, keys=np.array(list(store)), points=np.stack(list(store.values())))
         os.replace(tmp, path)
@@ -155,11 +154,54 @@ def cached_landmarks(samples: Sequence[Sample], cache: Path | None = None,
     return points, np.isfinite(points).all(axis=(1, 2))
 
 
-def _progress(items, progress: bool, desc: str):
+PARALLEL_MIN_IMAGES = 400  # below this, starting a second process costs more than it saves
+
+
+def _detect_serial(paths: Sequence[str]) -> Iterator[np.ndarray]:
+    detector = LandmarkDetector()
+    try:
+        for path in paths:
+            yield detector(np.asarray(Image.open(path).convert("RGB"))).points
+    finally:
+        detector.close()
+
+
+def _detect_all(paths: list[str]) -> Iterator[np.ndarray]:
+    """Landmarks of each image, in order, as a lazy iterator. MediaPipe's CPU graph runs on one
+    core, so on a multi-core machine a large batch is split: the second half goes to a child
+    process (``python -m biomatch.hands.landmarks``, independent of the caller's ``__main__``)
+    while this process does the first. Each image is processed on its own, so the points are the
+    same either way; if the child fails, its half is done here."""
+    if (os.cpu_count() or 1) < 2 or len(paths) < PARALLEL_MIN_IMAGES:
+        yield from _detect_serial(paths)
+        return
+    import subprocess
+    import tempfile
+
+    half = len(paths) // 2
+    with tempfile.TemporaryDirectory(prefix="biomatch-landmarks-") as tmp:
+        listing, out = Path(tmp) / "paths.txt", Path(tmp) / "points.npy"
+        listing.write_text("\n".join(paths[half:]))
+        child = subprocess.Popen([sys.executable, "-m", "biomatch.hands.landmarks", str(listing), str(out)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            yield from _detect_serial(paths[:half])
+        finally:
+            ok = child.wait() == 0 and out.is_file()
+        yield from (np.load(out) if ok else _detect_serial(paths[half:]))
+
+
+def _worker_main(listing: str, out: str) -> None:
+    """Child side of ``_detect_all``: landmarks of the listed images -> one .npy."""
+    paths = Path(listing).read_text().splitlines()
+    np.save(out, np.stack(list(_detect_serial(paths))) if paths else np.zeros((0, 21, 2), np.float32))
+
+
+def _progress(items, progress: bool, desc: str, total: int | None = None):
     if progress and sys.stderr.isatty():
         from tqdm.auto import tqdm
 
-        return tqdm(items, desc=desc, leave=False)
+        return tqdm(items, desc=desc, leave=False, total=total)
     return items
 
 
@@ -328,3 +370,7 @@ class AlignedLoader:
     def __repr__(self) -> str:
         return (f"AlignedLoader({model_version()}, crop={CROP}, palm={PALM_FRACTION}, "
                 f"center={CENTER_ALONG}, thumb-left, border-median, v1)")
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1], sys.argv[2])

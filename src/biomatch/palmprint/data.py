@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from biomatch.data.images import load_image
+from biomatch.data.images import file_fingerprint, load_image
 from biomatch.errors import InputError, NotFoundError
 from biomatch.paths import dataset_dir
 
@@ -182,8 +182,7 @@ def load_rois_cached(samples: list[PalmSample], size: int = 128) -> np.ndarray:
 
     h = hashlib.sha256(str(size).encode())
     for s in samples:
-        st = s.path.stat()
-        h.update(f"{s.path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        h.update(f"{s.palm}|{s.session}|{file_fingerprint(s.path)}\n".encode())
     path = cache_dir() / "palmprint" / f"rois_{size}_{h.hexdigest()[:16]}.npy"
     if path.is_file():
         return np.load(path).astype(np.float32) / 255.0
