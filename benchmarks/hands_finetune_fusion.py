@@ -36,7 +36,6 @@ from biomatch.config import MethodConfig, load_method
 from biomatch.errors import InputError
 from biomatch.hands.methods import RunResult, run_method
 from biomatch.hands.protocol import (
-    BEST_METHOD,
     REPORT_SEEDS,
     TUNING_SEEDS,
     HandsSplit,
@@ -52,6 +51,9 @@ from biomatch.metrics.retrieval import (
 from biomatch.paths import REPO_ROOT, cache_dir
 from biomatch.results import RESULTS_DIR, git_commit, write_result
 from biomatch.viz.hands_report import rank_histogram, worst_queries
+
+# the frozen method the GPU run was fused with (the best on tuning seeds when it ran; hands_e_aligned_geo05 came later)
+BEST_METHOD = "hands_e_lite0_aligned_geo05"
 
 ALONE, FUSED = "hands_f_lite0_aligned_finetune", "hands_f_lite0_aligned_finetune_fusion"
 WEIGHTS = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
