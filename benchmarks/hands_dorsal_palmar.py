@@ -184,6 +184,8 @@ def row_kind(name: str) -> str:
         return "control, not a method"
     if "side_aware" in name:
         return "separate protocol: uses left/right labels"
+    if name.endswith(("_qe", "_krr")):
+        return "separate protocol: re-ranks over the whole test set"
     return f"method {name.split('_')[1]}"
 
 
