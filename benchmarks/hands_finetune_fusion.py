@@ -53,7 +53,7 @@ from biomatch.results import RESULTS_DIR, git_commit, write_result
 from biomatch.viz.hands_report import rank_histogram, worst_queries
 
 # the frozen method the GPU run was fused with (the best on tuning seeds when it ran; hands_e_aligned_geo05 came later)
-BEST_METHOD = "hands_e_lite0_aligned_geo05"
+FUSED_WITH = "hands_e_lite0_aligned_geo05"
 
 ALONE, FUSED = "hands_f_lite0_aligned_finetune", "hands_f_lite0_aligned_finetune_fusion"
 WEIGHTS = tuple(round(a, 2) for a in np.linspace(0.0, 1.0, 11))
@@ -61,7 +61,7 @@ R1_TOLERANCE = 0.005
 
 
 def best_config() -> MethodConfig:
-    return load_method(REPO_ROOT / "configs" / f"{BEST_METHOD}.yaml")
+    return load_method(REPO_ROOT / "configs" / f"{FUSED_WITH}.yaml")
 
 
 def best_scores(cfg: MethodConfig, samples, seed: int, cache: Path | None = None) -> RunResult:
@@ -195,7 +195,7 @@ def evaluate(out_dir: Path, samples, results_dir: Path = RESULTS_DIR, cache: Pat
                       f"{m['recall@1']['std']:.3f}, mean rank {m['mean_rank']['mean']:.2f} ± {m['mean_rank']['std']:.2f}",
                       flush=True)
         base = [retrieval_summary(by_seed[s][0].ranks) for s in seeds]
-        print(f"{BEST_METHOD} [{role}] same seeds: R@1 {np.mean([b['recall@1'] for b in base]):.3f}, mean rank "
+        print(f"{FUSED_WITH} [{role}] same seeds: R@1 {np.mean([b['recall@1'] for b in base]):.3f}, mean rank "
               f"{np.mean([b['mean_rank'] for b in base]):.2f}", flush=True)
     print(f"for the configs' verdicts: finetuned on {log['device']} (torch {log.get('torch')}), recipe/weight chosen "
           f"on tuning seeds {tuning}: alone {recipe_alone}, fusion {recipe_fused} at a={weight:g}", flush=True)

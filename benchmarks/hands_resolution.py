@@ -53,7 +53,7 @@ from biomatch.results import (
 )
 
 # the method this resolution study measured (the best on tuning seeds when it ran; hands_e_aligned_geo05 came later)
-BEST_METHOD = "hands_e_lite0_aligned_geo05"
+MEASURED_METHOD = "hands_e_lite0_aligned_geo05"
 
 NAME = "hands_resolution"
 METRICS = ("recall@1", "recall@5", "recall@10", "mean_rank", "median_rank", "map")
@@ -111,7 +111,7 @@ def main() -> None:
     if bad:
         parser.error(f"unknown variant(s) {bad}: choose from {list(VARIANTS)}")
     variants = [VARIANTS[v] for v in args.variants.split(",")]
-    cfg = load_method(REPO_ROOT / "configs" / f"{BEST_METHOD}.yaml")
+    cfg = load_method(REPO_ROOT / "configs" / f"{MEASURED_METHOD}.yaml")
     lowres, hires = load_hands(), load_hires_hands()
     split = resolution_split(lowres, hires)
     assert not {s.identity for s in split.train} & set(split.test_subjects)

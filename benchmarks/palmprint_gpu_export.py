@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
+from biomatch.palmprint.ccnet import resize_rois
 from biomatch.palmprint.data import load_rois_cached, load_samples
 from biomatch.palmprint.splits import indices_of, make_split, validation_split
 
@@ -29,9 +29,8 @@ OUT = Path(__file__).resolve().parent.parent / ".gpu_palm" / "palm64.npz"
 
 
 def downsample_uint8(rois: np.ndarray, size: int = SIZE) -> np.ndarray:
-    """(n, H, W) in [0, 1] -> (n, size, size) uint8, area interpolation as in ``ccnet.prepare``."""
-    x = torch.from_numpy(np.ascontiguousarray(rois, dtype=np.float32)).unsqueeze(1)
-    x = F.interpolate(x, size=(size, size), mode="area")
+    """(n, H, W) in [0, 1] -> (n, size, size) uint8, resized as ``ccnet.prepare`` resizes."""
+    x = resize_rois(rois, size)
     return (x[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 

@@ -27,12 +27,18 @@ import torch
 
 from biomatch.metrics.verification import eer
 from biomatch.palmprint.ccnet import CompNetMatcher, TrainConfig
+from biomatch.palmprint.full import pair_arrays
 
 SHARD_BYTES = 15_000_000
 
 
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _device_name() -> str:
+    """What the results record as the training device."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
 def train_one(data: Path, protocol: str, epochs: int, budget_s: float, work: Path, seed: int, smoke: int = 0) -> None:
@@ -52,7 +58,7 @@ def train_one(data: Path, protocol: str, epochs: int, budget_s: float, work: Pat
     m.fit(x, y)
     meta = {"protocol": protocol, "epochs_asked": epochs, "epochs": len(m.history), "train_s": m.train_s,
             "wall_s": time.perf_counter() - t, "n_train": len(idx), "n_palms": len(set(y.tolist())),
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "threads": cfg.threads,
+            "device": _device_name(), "threads": cfg.threads,
             "history": m.history, "config": asdict(cfg)}
     (work / f"{protocol}_e{epochs}.json").write_text(json.dumps(meta) + "\n")
 
@@ -63,9 +69,7 @@ def validation_eer(data: Path, ckpt: Path) -> float:
     m = CompNetMatcher.load(ckpt)
     g, p = d["val_gallery"], d["val_probes"]
     eg, ep = m.encode(d["x"][g].astype(np.float32) / 255.0), m.encode(d["x"][p].astype(np.float32) / 255.0)
-    dis = m.dissimilarity(ep, eg).numpy().ravel()
-    same = (d["palm"][p][:, None] == d["palm"][g][None, :]).ravel()
-    return float(eer(-dis, same))
+    return float(eer(*pair_arrays(m.dissimilarity(ep, eg), d["palm"][p], d["palm"][g])))
 
 
 def save_shards(ckpt: Path, out: Path, name: str) -> list[str]:
@@ -114,7 +118,7 @@ def main() -> None:
              for e in cands for p in ("open", "closed")}
     failed = [k for k, pr in procs.items() if pr.wait() != 0]
     print(f"trained {len(procs) - len(failed)}/{len(procs)} nets in {time.perf_counter() - t0:.0f} s; failed: {failed}", flush=True)
-    summary: dict = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+    summary: dict = {"device": _device_name(),
                      "rule": "recipe (max epochs) with the lowest open-protocol validation EER (palms 250-274), ties -> fewer epochs",
                      "candidates": {}}
     for e in cands:

@@ -135,11 +135,17 @@ class ArcFaceHead(nn.Module):
         return F.cross_entropy(self.scale * logits, labels)
 
 
-def prepare(rois: np.ndarray, size: int) -> Tensor:
-    """(n, H, W) in [0, 1] -> (n, 1, size, size), each image zero-mean unit-variance."""
+def resize_rois(rois: np.ndarray, size: int) -> Tensor:
+    """(n, H, W) in [0, 1] -> (n, 1, size, size) float32, area interpolation (none if already that size)."""
     x = torch.from_numpy(np.ascontiguousarray(rois, dtype=np.float32)).unsqueeze(1)
     if x.shape[-1] != size or x.shape[-2] != size:
         x = F.interpolate(x, size=(size, size), mode="area")
+    return x
+
+
+def prepare(rois: np.ndarray, size: int) -> Tensor:
+    """(n, H, W) in [0, 1] -> (n, 1, size, size), each image zero-mean unit-variance."""
+    x = resize_rois(rois, size)
     return (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 1e-6)
 
 
