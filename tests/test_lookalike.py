@@ -5,6 +5,7 @@ faces detected and aligned through the shipped MobileFaceNet when LFW62 is here.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,21 +126,30 @@ def test_aggregate_does_not_favour_identities_with_many_photos():
     assert np.argmax(c) == 1
 
 
-def test_faces_are_detected_aligned_and_no_face_is_an_error(tmp_path):
+def _lfw_gallery(root: Path, n_people: int, per_person: int, write) -> tuple[Path, list[str]]:
+    """A one-folder-per-identity gallery under ``root`` from the first LFW62 people (skip without them);
+    ``write(src, dst)`` puts each image there. Returns the LFW62 folder and the people used."""
     from biomatch.paths import dataset_dir
 
     try:
         lfw = dataset_dir("lfw62")
     except NotFoundError:
         pytest.skip("lfw62 not available")
-    people = sorted(p.name for p in lfw.iterdir() if p.is_dir())[:4]
+    people = sorted(p.name for p in lfw.iterdir() if p.is_dir())[:n_people]
     for name in people:
-        (tmp_path / "g" / name).mkdir(parents=True)
-        for f in sorted((lfw / name).iterdir())[:3]:
-            # ordinary photos: the face somewhere in a bigger picture
-            photo = Image.new("RGB", (400, 300), (60, 80, 100))
-            photo.paste(Image.open(f).convert("RGB").resize((160, 160)), (200, 60))
-            photo.save(tmp_path / "g" / name / f.name)
+        (root / name).mkdir(parents=True)
+        for f in sorted((lfw / name).iterdir())[:per_person]:
+            write(f, root / name / f.name)
+    return lfw, people
+
+
+def test_faces_are_detected_aligned_and_no_face_is_an_error(tmp_path):
+    def in_a_bigger_photo(src: Path, dst: Path) -> None:  # ordinary photos: the face somewhere in a bigger picture
+        photo = Image.new("RGB", (400, 300), (60, 80, 100))
+        photo.paste(Image.open(src).convert("RGB").resize((160, 160)), (200, 60))
+        photo.save(dst)
+
+    lfw, people = _lfw_gallery(tmp_path / "g", n_people=4, per_person=3, write=in_a_bigger_photo)
     Image.new("RGB", (200, 120), (90, 120, 200)).save(tmp_path / "g" / people[1] / "sky.png")  # no face
     finder = LookalikeFinder(tmp_path / "g", "auto", cache=tmp_path / "cache", progress=False)
     assert finder.embedder == "face" and finder.n_without_face == 1 and finder.aggregate == "centroid"
@@ -163,17 +173,7 @@ def test_cli_lookalike_prints_cosine_similarity_and_fails_without_a_face(tmp_pat
     from typer.testing import CliRunner
 
     from biomatch.cli import app
-    from biomatch.paths import dataset_dir
-
-    try:
-        lfw = dataset_dir("lfw62")
-    except NotFoundError:
-        pytest.skip("lfw62 not available")
-    people = sorted(p.name for p in lfw.iterdir() if p.is_dir())[:3]
-    for name in people:
-        (tmp_path / "g" / name).mkdir(parents=True)
-        for f in sorted((lfw / name).iterdir())[:2]:
-            shutil.copy(f, tmp_path / "g" / name / f.name)
+    lfw, people = _lfw_gallery(tmp_path / "g", n_people=3, per_person=2, write=shutil.copy)
     query = sorted((lfw / people[0]).iterdir())[4]
     runner = CliRunner()
     res = runner.invoke(app, ["lookalike", str(query), "--gallery", str(tmp_path / "g"), "-k", "2",
