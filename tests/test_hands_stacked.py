@@ -55,3 +55,41 @@ def test_stacked_training_matches_fit_head_by_head():
         with torch.no_grad():
             torch.testing.assert_close(heads[h](x[h]), one_by_one[h](x[h]), atol=1e-4, rtol=1e-3)
     assert not stackable([ProjectionHead([4, 3])])  # one layer: not the stacked structure
+
+
+def _toy_heads(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n, ids = 120, 20
+    labels = np.repeat(np.arange(ids), n // ids)
+    views = np.tile([0, 1], n // 2)
+    dims = [24, 17, 24, 17, 9]
+    feats = [torch.from_numpy(rng.normal(size=(n, d)).astype(np.float32)) for d in dims]
+    heads = []
+    for h, d in enumerate(dims):
+        torch.manual_seed(h)
+        heads.append(ProjectionHead([d, 16, 8]))
+
+    def samplers():
+        return [PKSampler(labels.tolist(), 6, 2, views.tolist(), view_aware=True, batches_per_epoch=4,
+                          seed=100 + h, view_pair=(0, 1)) for h in range(len(heads))]
+
+    return heads, feats, samplers, torch.as_tensor(labels), torch.as_tensor(views)
+
+
+def test_parallel_stacked_training_is_bit_identical_to_one_stack():
+    """The head groups trained in threads end with exactly the weights of one stack (one
+    intra-op thread, as run_method trains), so a result does not depend on the worker count."""
+    from biomatch.hands.stacked import fit_stacked_parallel
+    from biomatch.training import torch_threads
+
+    heads, feats, samplers, labels, views = _toy_heads()
+    cfg = TrainConfig(epochs=3, lr=1e-2, seed=0)
+    objective = make_objective("cross_view", margin=0.1)
+    together = [copy.deepcopy(h) for h in heads]
+    with torch_threads(1):
+        fit_stacked(together, feats, samplers(), labels, views, objective, cfg)
+        histories = fit_stacked_parallel(heads, feats, samplers(), labels, views, objective, cfg, workers=2)
+    assert len(histories) == len(heads) and all(len(h.loss) == 3 for h in histories)
+    for a, b in zip(heads, together):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), name

@@ -30,7 +30,7 @@ from biomatch.metrics.retrieval import RetrievalRanks, ranks_from_scores, retrie
 from biomatch.models.backbones import Backbone, create_backbone
 from biomatch.models.heads import EmbeddingModel, ProjectionHead
 from biomatch.objectives import make_objective
-from biomatch.training import History, TrainConfig, fit
+from biomatch.training import History, TrainConfig, fit, torch_threads
 
 
 @dataclass
@@ -200,12 +200,17 @@ class FeatureBank:
             extractor, key = feature_extractor(cfg, name, bb)
             slices = None
             union = _union_extractor(cfg, bb) if not variant else None  # aligned crops serve only this entry
-            if union is not None and _cache_exists(extractor, key, ordered, tf, cache):
-                union = None  # features cached before the shared pass existed: the same numbers, reuse them
-            if union is not None:  # one shared pass for taps and pooled features (biomatch.hands.features)
+            if union is not None:
                 from biomatch.hands.features import UNION_TAPS, taps_id, union_slices
 
-                extractor, key = union, f"{name}@taps-{taps_id(UNION_TAPS)}"
+                union_key = f"{name}@taps-{taps_id(UNION_TAPS)}"
+                needs_head = not cfg.taps or any(t.startswith("head") for t in cfg.taps)
+                if _cache_exists(extractor, key, ordered, tf, cache):
+                    union = None  # features cached before the shared pass existed: the same numbers, reuse them
+                elif not (needs_head or _cache_exists(union, union_key, ordered, tf, cache)):
+                    union = None  # early taps only, no shared pass cached: stop at the deepest tap (same numbers)
+            if union is not None:  # one shared pass for taps and pooled features (biomatch.hands.features)
+                extractor, key = union, union_key
                 slices = union_slices(union, cfg.taps or ["head:avg"])
             extractor.to(device)
             loader, loader_id = None, ""
@@ -326,6 +331,7 @@ class FusionHead(nn.Module):
 
 
 GEOMETRY_SWEEP = (0.0, 0.05, 0.1, 0.2, 0.4)
+HEAD_TRAIN_THREADS = 1  # every benchmark row was measured this way (benchmarks' --threads 1)
 HEAD_SEED_STRIDE = 7919  # head j of an ensemble trains with seed split.seed + j * stride
 BACKBONE_SEED_STRIDE = 104729  # with score fusion, backbone b's heads add b * this
 
@@ -410,58 +416,63 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
                             [s.identity for s in q], [s.identity for s in g])
         return retrieval_summary(r)
 
-    start = time.perf_counter()
-    canon, alt = bank.canonical(train)
-    head_epochs = cfg.epochs if cfg.mode == "frozen" else max(cfg.warmup_head_epochs, 1)
-    in_dims = head_input_dims(cfg, bank.dims)
-    if len(in_dims) > 1 and cfg.mode != "frozen":
-        from biomatch.errors import InputError
+    # head training on CPU runs on a fixed thread count, so a split's result does not depend
+    # on the machine's core count or on the entry point (demo, benchmark, tests)
+    pinned = HEAD_TRAIN_THREADS if cfg.mode == "frozen" and torch.device(device).type == "cpu" else None
+    workers = max(1, torch.get_num_threads() // (pinned or torch.get_num_threads()))  # parallel head groups
+    with torch_threads(pinned):
+        start = time.perf_counter()
+        canon, alt = bank.canonical(train)
+        head_epochs = cfg.epochs if cfg.mode == "frozen" else max(cfg.warmup_head_epochs, 1)
+        in_dims = head_input_dims(cfg, bank.dims)
+        if len(in_dims) > 1 and cfg.mode != "frozen":
+            from biomatch.errors import InputError
 
-        raise InputError("fusion: score needs mode: frozen")
-    head = build_model(cfg, in_dims, split.seed)
-    leaves = model_leaves(head)
-    bounds = np.cumsum([0, *in_dims])
-    history = History()
-    from biomatch.hands.stacked import fit_stacked, stackable, stderr_progress
+            raise InputError("fusion: score needs mode: frozen")
+        head = build_model(cfg, in_dims, split.seed)
+        leaves = model_leaves(head)
+        bounds = np.cumsum([0, *in_dims])
+        history = History()
+        from biomatch.hands.stacked import fit_stacked_parallel, stackable, stderr_progress
 
-    single = len(leaves) == 1
-    needs_val = bool(val) and cfg.mode == "frozen" and single
-    if (cfg.mode == "frozen" and not cfg.flip_augment and not needs_val and checkpoint is None
-            and stackable([leaf for _, _, leaf in leaves])):
-        # every head at once, same training as the loop below (biomatch.hands.stacked)
-        seeds = [split.seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE for b, j, _ in leaves]
-        canon_t = torch.from_numpy(canon)
-        inputs = [canon_t[:, bounds[b]:bounds[b + 1]] for b, _, _ in leaves]
-        samplers = [_make_sampler(cfg, train, labels, seed) for seed in seeds]
-        loud = progress and not sys.stderr.isatty()
-        histories = fit_stacked([leaf for _, _, leaf in leaves], inputs, samplers, torch.as_tensor(labels),
-                                torch.as_tensor(_views(train)), objective,
-                                TrainConfig(**{**tcfg.__dict__, "epochs": head_epochs}),
-                                stderr_progress if loud else None)
-        history = histories[0]
-        leaves_to_fit = []
-    else:
-        leaves_to_fit = leaves
-    for b, j, leaf in leaves_to_fit:
-        seed = split.seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE
-        lo, hi = bounds[b], bounds[b + 1]
-        dataset = FeatureDataset(np.ascontiguousarray(canon[:, lo:hi]),
-                                 None if alt is None else np.ascontiguousarray(alt[:, lo:hi]),
-                                 labels, _views(train), cfg.flip_augment, seed)
-        # validation embeds through the whole structure, so only a lone head validates
-        head_history = fit(leaf, dataset, _make_sampler(cfg, train, labels, seed), objective,
-                           TrainConfig(**{**tcfg.__dict__, "epochs": head_epochs, "seed": seed}),
-                           validate if needs_val else None,
-                           checkpoint=checkpoint if single else None,
-                           resume=checkpoint is not None and single, progress=progress)
-        history = head_history if (b, j) == (0, 0) else history
-    queries, gallery = HandsSplit.queries(test), HandsSplit.gallery(test)
-    if cfg.mode == "frozen":
-        q_emb, g_emb = embed_head(queries, head), embed_head(gallery, head)
-    else:
-        q_emb, g_emb, history = _finetune(cfg, bank.backbones, head, objective, split, labels, tcfg, device,
-                                          progress, queries, gallery)
-    train_s = time.perf_counter() - start
+        single = len(leaves) == 1
+        needs_val = bool(val) and cfg.mode == "frozen" and single
+        if (cfg.mode == "frozen" and not cfg.flip_augment and not needs_val and checkpoint is None
+                and stackable([leaf for _, _, leaf in leaves])):
+            # every head at once, same training as the loop below (biomatch.hands.stacked)
+            seeds = [split.seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE for b, j, _ in leaves]
+            canon_t = torch.from_numpy(canon)
+            inputs = [canon_t[:, bounds[b]:bounds[b + 1]] for b, _, _ in leaves]
+            samplers = [_make_sampler(cfg, train, labels, seed) for seed in seeds]
+            loud = progress and not sys.stderr.isatty()
+            histories = fit_stacked_parallel([leaf for _, _, leaf in leaves], inputs, samplers,
+                                             torch.as_tensor(labels), torch.as_tensor(_views(train)), objective,
+                                             TrainConfig(**{**tcfg.__dict__, "epochs": head_epochs}), workers,
+                                             stderr_progress if loud else None)
+            history = histories[0]
+            leaves_to_fit = []
+        else:
+            leaves_to_fit = leaves
+        for b, j, leaf in leaves_to_fit:
+            seed = split.seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE
+            lo, hi = bounds[b], bounds[b + 1]
+            dataset = FeatureDataset(np.ascontiguousarray(canon[:, lo:hi]),
+                                     None if alt is None else np.ascontiguousarray(alt[:, lo:hi]),
+                                     labels, _views(train), cfg.flip_augment, seed)
+            # validation embeds through the whole structure, so only a lone head validates
+            head_history = fit(leaf, dataset, _make_sampler(cfg, train, labels, seed), objective,
+                               TrainConfig(**{**tcfg.__dict__, "epochs": head_epochs, "seed": seed}),
+                               validate if needs_val else None,
+                               checkpoint=checkpoint if single else None,
+                               resume=checkpoint is not None and single, progress=progress)
+            history = head_history if (b, j) == (0, 0) else history
+        queries, gallery = HandsSplit.queries(test), HandsSplit.gallery(test)
+        if cfg.mode == "frozen":
+            q_emb, g_emb = embed_head(queries, head), embed_head(gallery, head)
+        else:
+            q_emb, g_emb, history = _finetune(cfg, bank.backbones, head, objective, split, labels, tcfg, device,
+                                              progress, queries, gallery)
+        train_s = time.perf_counter() - start
     q_ids, g_ids = [s.identity for s in queries], [s.identity for s in gallery]
     extra: dict[str, float] = {}
     if bank.landmarks_ok is not None:

@@ -38,11 +38,13 @@ def stackable(heads: Sequence[nn.Module]) -> bool:
 
 def fit_stacked(heads: Sequence[ProjectionHead], inputs: Sequence[torch.Tensor], samplers: Sequence,
                 labels: torch.Tensor, views: torch.Tensor, objective: nn.Module, cfg: TrainConfig,
-                progress: Callable[[str], None] | None = None) -> list[History]:
+                progress: Callable[[str], None] | None = None, pad_to: int | None = None,
+                what: str = "") -> list[History]:
     """Train `heads[h]` on `inputs[h]` (N, d_h) with batches from `samplers[h]`, all at once; the
-    trained weights (and BatchNorm statistics) are written back into the heads."""
+    trained weights (and BatchNorm statistics) are written back into the heads. Inputs are
+    zero-padded to `pad_to` (default: the widest input). `what` names the heads in progress lines."""
     n_heads = len(heads)
-    d_in = max(x.shape[1] for x in inputs)
+    d_in = max([x.shape[1] for x in inputs] + [pad_to or 0])
     hidden, out = heads[0].dims[1], heads[0].dims[2]
     x_all = torch.zeros(n_heads, inputs[0].shape[0], d_in)
     for h, x in enumerate(inputs):
@@ -96,7 +98,7 @@ def fit_stacked(heads: Sequence[ProjectionHead], inputs: Sequence[torch.Tensor],
         for h in range(n_heads):
             histories[h].loss.append(float(totals[h] / max(steps, 1)))
         if progress and (epoch + 1) % max(1, cfg.epochs // 4) == 0:
-            progress(f"  training {n_heads} heads: epoch {epoch + 1}/{cfg.epochs}, mean loss "
+            progress(f"  training {what or f'{n_heads} heads'}: epoch {epoch + 1}/{cfg.epochs}, mean loss "
                      f"{totals.mean() / max(steps, 1):.4f} ({time.perf_counter() - start:.0f} s)")
     with torch.no_grad():
         for h, head in enumerate(heads):
@@ -112,6 +114,37 @@ def fit_stacked(heads: Sequence[ProjectionHead], inputs: Sequence[torch.Tensor],
             norm.running_var.copy_(bn.running_var[sl])
             norm.num_batches_tracked.copy_(bn.num_batches_tracked)
     return histories
+
+
+def fit_stacked_parallel(heads: Sequence[ProjectionHead], inputs: Sequence[torch.Tensor], samplers: Sequence,
+                         labels: torch.Tensor, views: torch.Tensor, objective: nn.Module, cfg: TrainConfig,
+                         workers: int, progress: Callable[[str], None] | None = None) -> list[History]:
+    """`fit_stacked` with the heads split into `workers` groups trained in parallel threads.
+
+    Why: head training runs on one intra-op thread (so a result does not depend on the core
+    count), which leaves the other cores idle. Heads never interact, and with one thread and one
+    common padding a head's arithmetic is the same whatever else is in its stack, so the trained
+    weights are bit-identical for any number of workers (tests/test_hands_stacked.py checks it).
+    Torch kernels release the GIL, so the groups really run at the same time."""
+    groups = [list(range(len(heads)))[g::workers] for g in range(max(1, min(workers, len(heads))))]
+    if len(groups) == 1:
+        return fit_stacked(heads, inputs, samplers, labels, views, objective, cfg, progress)
+    from concurrent.futures import ThreadPoolExecutor
+
+    pad = max(x.shape[1] for x in inputs)
+
+    def run(group: list[int], loud: bool) -> list[History]:
+        return fit_stacked([heads[h] for h in group], [inputs[h] for h in group], [samplers[h] for h in group],
+                           labels, views, objective, cfg, progress if loud else None, pad_to=pad,
+                           what=f"{len(heads)} heads in {len(groups)} threads")
+
+    with ThreadPoolExecutor(len(groups)) as pool:
+        done = list(pool.map(run, groups, [g == 0 for g in range(len(groups))]))
+    out: list[History | None] = [None] * len(heads)
+    for group, hist in zip(groups, done):
+        for h, history in zip(group, hist):
+            out[h] = history
+    return [h for h in out if h is not None]
 
 
 def _batched_objective(objective: nn.Module) -> Callable | None:
