@@ -73,6 +73,13 @@ class MethodConfig(BaseModel):
     # within-subject-whitened landmark geometry (finger lengths/widths, gap angles) to the score;
     # pairs without landmarks get the query's mean geometry score (neutral), never dropped.
     geometry_weight: float = Field(default=0.0, ge=0)
+    # Gallery-side score normalization (biomatch.hands.scoring), same protocol: it reads only the
+    # training images and the gallery's enrolment labels, never other test queries.
+    # `cohort_k` > 0: each gallery image's per-backbone score loses the mean of its k highest scores
+    # against the training dorsal images (a "hub" palm that is close to every hand stops winning);
+    # `identity_weight` > 0 adds that times the mean score of the gallery image's identity.
+    cohort_k: int = Field(default=0, ge=0)
+    identity_weight: float = Field(default=0.0, ge=0)
     # Score weight of each backbone entry with `fusion: score` (default: equal).
     fusion_weights: list[float] = Field(default_factory=list)
     # What the tuning seeds said about this variant (shown in BENCHMARKS.md beside its row).

@@ -480,15 +480,32 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
         extra["fta_rate"] = float(1 - ok.mean())
         extra["fta_count"] = float((~ok).sum())
     scores = None
-    if cfg.rerank == "none" and cfg.side_bonus == 0 and cfg.geometry_weight == 0:
+    if (cfg.rerank == "none" and cfg.side_bonus == 0 and cfg.geometry_weight == 0 and not cfg.cohort_k
+            and not cfg.identity_weight):
         ranks = retrieval_ranks(q_emb, g_emb, q_ids, g_ids)
     else:
         from biomatch.hands.rerank import rerank_scores
+        from biomatch.hands.scoring import cohort_corrected_scores, identity_mean_boost, split_blocks
 
-        scores = (q_emb @ g_emb.T if cfg.rerank == "none" else
-                  rerank_scores(q_emb, g_emb, cfg.rerank, k1=cfg.rerank_k1, k2=cfg.rerank_k2, lam=cfg.rerank_lambda))
+        if cfg.cohort_k and cfg.rerank != "none":
+            from biomatch.errors import InputError
+
+            raise InputError("cohort_k and rerank both re-score the gallery: use one")
+        if cfg.cohort_k:  # the training dorsal images (subject-disjoint from the test) are the cohort
+            widths = [q_emb.shape[1] // len(in_dims)] * len(in_dims)  # equal-width blocks, one per backbone
+            cohort = embed_head(HandsSplit.queries(train), head)
+            scores = cohort_corrected_scores(split_blocks(q_emb, widths), split_blocks(g_emb, widths),
+                                             split_blocks(cohort, widths), cfg.cohort_k)
+        else:
+            scores = (q_emb @ g_emb.T if cfg.rerank == "none" else
+                      rerank_scores(q_emb, g_emb, cfg.rerank, k1=cfg.rerank_k1, k2=cfg.rerank_k2,
+                                    lam=cfg.rerank_lambda))
         if cfg.side_bonus:
             scores = side_scores(scores, queries, gallery, cfg.side_bonus)
+
+        def boosted(s: np.ndarray) -> np.ndarray:
+            return identity_mean_boost(s, g_ids, cfg.identity_weight) if cfg.identity_weight else s
+
         if cfg.geometry_weight:
             from biomatch.hands.geometry import GeometryScorer
 
@@ -497,9 +514,10 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
             # the same heads at other geometry weights (0 = without geometry): a free ablation,
             # recorded for the tuning seeds' choice of the weight
             for w in GEOMETRY_SWEEP:
-                r = retrieval_summary(ranks_from_scores(scores + w * geo_scores, q_ids, g_ids))
+                r = retrieval_summary(ranks_from_scores(boosted(scores + w * geo_scores), q_ids, g_ids))
                 extra[f"geo{w:g}:recall@1"], extra[f"geo{w:g}:mean_rank"] = r["recall@1"], r["mean_rank"]
             scores = scores + cfg.geometry_weight * geo_scores
+        scores = boosted(scores)
         ranks = ranks_from_scores(scores, q_ids, g_ids)
     n_images = len(all_samples) * len(cfg.backbones) * (2 if bank.mirrored is not None else 1)
     timing = {"features_s": bank.seconds, "train_s": train_s}
