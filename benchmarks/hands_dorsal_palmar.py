@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from biomatch.config import load_method
+from biomatch.config import MethodConfig, load_method
 from biomatch.hands.methods import run_method
 from biomatch.hands.protocol import BEST_METHOD, REPORT_SEEDS, TUNING_SEEDS, load_hands, make_split, seed_role
 from biomatch.metrics.retrieval import bootstrap_ci
@@ -221,7 +221,11 @@ def _derive_tuning(results: dict[str, dict[str, dict]]) -> list[str]:
         key = f"geo{want['geometry_weight']:g}:"
         for name, recs in sorted(results.items()):
             rec = recs.get("tuning")
-            if rec is None or rec["config"].get("name") == target or any(rec["config"].get(k) != v for k, v in want.items() if k not in skip):
+            if rec is None or rec["config"].get("name") == target:
+                continue
+            # a record written before a config field existed holds that field's default
+            theirs = MethodConfig(**{k: v for k, v in rec["config"].items() if k in MethodConfig.model_fields}).model_dump()
+            if any(theirs.get(k) != v for k, v in want.items() if k not in skip):
                 continue
             if not all(key + "recall@1" in p for p in rec["per_seed"]):
                 continue

@@ -75,3 +75,27 @@ def test_beats_compares_only_common_seeds(bench):
     a = {"per_seed": [{"seed": s, "recall@1": 0.5} for s in (0, 1, 2, 3, 4)]}
     b = {"per_seed": [{"seed": s, "recall@1": r} for s, r in ((0, 0.6), (1, 0.4), (3, 0.7))]}
     assert bench.beats(a, b) == "2 of 3 seeds ([0, 1, 3])"
+
+
+def test_derived_tuning_column_reads_old_records_with_new_config_fields_at_their_defaults(bench):
+    """hands_e_aligned_geo05's tuning column comes from hands_e_aligned_geometry's geometry sweep;
+    that record was written before `cohort_k`/`identity_weight` existed and must still match."""
+    from biomatch.config import load_method
+
+    target = load_method(REPO_ROOT / "configs" / "hands_e_aligned_geo05.yaml").model_dump()
+    old_config = {k: v for k, v in {**target, "name": "hands_e_aligned_geometry", "geometry_weight": 0.1}.items()
+                  if k not in ("cohort_k", "identity_weight")}
+    per_seed = [{"seed": s, "commit": "abc", "geo0.05:recall@1": 0.7 + s / 100, "geo0.05:mean_rank": 3.0}
+                for s in TUNING_SEEDS]
+    results = {"hands_e_aligned_geometry": {"tuning": {"config": old_config, "per_seed": per_seed,
+                                                       "seeds": list(TUNING_SEEDS), "metrics": {}}},
+               "hands_e_aligned_geo05": {"report": {"config": target, "per_seed": [], "metrics": {}}}}
+    notes = bench._derive_tuning(results)
+    derived = results["hands_e_aligned_geo05"]["tuning"]
+    assert [p["recall@1"] for p in derived["per_seed"]] == [0.7 + s / 100 for s in TUNING_SEEDS]
+    assert "hands_e_aligned_geometry" in notes[0]
+    # a record that differs in a real choice (here the hub correction) is not a source
+    results = {"hands_e_aligned_geometry": {"tuning": {"config": {**old_config, "cohort_k": 40}, "per_seed": per_seed,
+                                                       "seeds": list(TUNING_SEEDS), "metrics": {}}},
+               "hands_e_aligned_geo05": {"report": {"config": target, "per_seed": [], "metrics": {}}}}
+    assert bench._derive_tuning(results) == [] and "tuning" not in results["hands_e_aligned_geo05"]

@@ -85,6 +85,11 @@ class MethodConfig(BaseModel):
     # What the tuning seeds said about this variant (shown in BENCHMARKS.md beside its row).
     verdict: str = ""
 
+    @property
+    def needs_landmarks(self) -> bool:
+        """Whether the method reads hand landmarks (aligned crops or geometry)."""
+        return self.geometry_weight > 0 or any("@" in name for name in self.backbones)
+
     @field_validator("backbones")
     @classmethod
     def _check_backbones(cls, names: list[str]) -> list[str]:

@@ -185,7 +185,7 @@ class FeatureBank:
         self.landmarks_ok: np.ndarray | None = None  # per ordered sample: was a hand found?
         self.geometry: np.ndarray | None = None
         points = None
-        if cfg.geometry_weight > 0 or any("@" in n for n in cfg.backbones):
+        if cfg.needs_landmarks:
             from biomatch.hands.landmarks import cached_geometry, cached_landmarks
 
             points, self.landmarks_ok = cached_landmarks(ordered, cache, progress)
