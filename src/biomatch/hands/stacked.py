@@ -136,7 +136,7 @@ def fit_stacked_parallel(heads: Sequence[ProjectionHead], inputs: Sequence[torch
     def run(group: list[int], loud: bool) -> list[History]:
         return fit_stacked([heads[h] for h in group], [inputs[h] for h in group], [samplers[h] for h in group],
                            labels, views, objective, cfg, progress if loud else None, pad_to=pad,
-                           what=f"{len(heads)} heads in {len(groups)} threads")
+                           what=f"{len(heads)} heads in {len(groups)} threads (loss: the first {len(groups[0])})")
 
     with ThreadPoolExecutor(len(groups)) as pool:
         done = list(pool.map(run, groups, [g == 0 for g in range(len(groups))]))
