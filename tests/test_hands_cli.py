@@ -149,3 +149,21 @@ def test_saved_tap_ensemble_model_reproduces_evaluation(hands_subset, tmp_cache,
     np.testing.assert_allclose(z, result.gallery_emb[:4], atol=1e-4)
     q = emb.embed([load_image(s.path) for s in result.queries[:4]], view="dorsal")
     np.testing.assert_allclose(q, result.query_emb[:4], atol=1e-4)
+
+
+def test_demo_trains_the_best_method_and_quotes_the_recorded_references():
+    """Without --references the demo trains only the best method (the 4-minute budget) and its
+    notes quote (a), (b) and the best method from the report-seed result files."""
+    import json
+
+    from biomatch.commands import hands
+    from biomatch.hands.protocol import BEST_METHOD
+    from biomatch.results import RESULTS_DIR
+
+    assert [p.stem for p in hands._demo_configs(False)] == [BEST_METHOD]
+    assert [p.stem for p in hands._demo_configs(True)] == [*hands.REFERENCE_METHODS, BEST_METHOD]
+    notes = hands._demo_notes(10, references=False)
+    assert "--references" in notes
+    for name in (*hands.REFERENCE_METHODS, BEST_METHOD):
+        rec = json.loads((RESULTS_DIR / f"hands_dorsal_palmar_{name}_report.json").read_text())
+        assert f"{name} R@1 {rec['metrics']['recall@1']['mean']:.3f}" in notes

@@ -62,3 +62,26 @@ def test_report_explains_columns_and_shows_the_tail(hands_samples, tmp_path, tmp
         with Image.open(tmp_path / png) as im:
             assert im.size[0] > 100 and im.size[1] > 100
     assert "worst_queries.png" in page.read_text()
+
+
+def test_retrieval_examples_rank_by_the_methods_own_scores(hands_samples, tmp_path, monkeypatch):
+    """A method with its own scores (geometry, gallery normalization) is shown ranked by them,
+    not by the raw embedding cosine the table does not measure."""
+    import dataclasses
+
+    from biomatch.viz import hands_report
+
+    r = _result(make_split(hands_samples, 0))
+    flipped = -(r.query_emb @ r.gallery_emb.T)  # an ordering the embeddings alone would never give
+    r = dataclasses.replace(r, scores=flipped)
+    seen = {}
+
+    def capture(*args, **kwargs):
+        seen.update(kwargs)
+        return tmp_path / "strip.png"
+
+    monkeypatch.setattr(hands_report, "retrieval_strip", capture)
+    monkeypatch.setattr(hands_report, "plot_worst_queries", lambda *a, **k: tmp_path / "worst.png")
+    write_hands_report([r], tmp_path)
+    np.testing.assert_array_equal(seen["score_matrix"], flipped)
+    assert "final score" in (tmp_path / "report.md").read_text()

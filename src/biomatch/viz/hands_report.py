@@ -165,8 +165,11 @@ def write_hands_report(results: Sequence[RunResult], out_dir: Path, title: str =
                    chance_gallery=len({s.identity for s in results[0].gallery}))
     curves = plot_training_curves({r.method: r.history for r in results}, out_dir / "training_curves.png")
     best = max(results, key=lambda r: r.metrics["recall@1"])
+    own_scores = best.scores is not None  # geometry / gallery normalization: rank by the method's own scores
     strip = retrieval_strip(best.queries, best.gallery, best.query_emb, best.gallery_emb,
-                            out_dir / "retrieval_examples.png", seed=best.seed)
+                            out_dir / "retrieval_examples.png", seed=best.seed,
+                            score_matrix=best.score_matrix() if own_scores else None,
+                            score_name="the method's score" if own_scores else "cosine similarity")
     worst = plot_worst_queries(best, out_dir / "worst_queries.png")
     hist = {r.method: rank_histogram(r.ranks.first_rank) for r in results}
     bins = list(next(iter(hist.values())))
@@ -186,9 +189,11 @@ def write_hands_report(results: Sequence[RunResult], out_dir: Path, title: str =
         if "seconds_before_report" in run_info:
             run_lines.append(f"- wall clock until the report: {run_info['seconds_before_report']:.0f} s")
         run_lines += [f"- {k}: {v}" for k, v in budgets.items()]
-    strip_caption = ("Each row: a dorsal query, then the top-5 palmar images by the cosine similarity of the "
-                     "embeddings (the number under each, higher = more alike); green = same person, red = someone "
-                     "else.")
+    strip_caption = ("Each row: a dorsal query, then the top-5 palmar images by "
+                     + ("the method's final score (the number under each, higher = more alike; the ranking the "
+                        "results table measures)" if own_scores else
+                        "the cosine similarity of the embeddings (the number under each, higher = more alike)")
+                     + "; green = same person, red = someone else.")
     worst_caption = ("The 10 queries whose first correct palm ranks lowest: query, top-5 palms and the true palm "
                      "(its rank under the picture). They show why the mean rank lags recall@1: a few queries far "
                      "down the list (different lighting, sleeves, failed landmarks) weigh on the mean.")
