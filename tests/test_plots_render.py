@@ -216,6 +216,11 @@ def test_cmc_and_training_curves_have_integer_ticks(tmp_path, figures):
     for ax in fig.axes:
         texts = _assert_no_overlap(fig, ax, "x")
         assert texts and all(re.fullmatch(r"\d+", t) for t in texts), texts
+    assert len(fig.axes) == 2
+    # no method validated (heads trained on train + val): no empty validation panel
+    retrieval_plots.plot_training_curves({"m": SimpleNamespace(loss=[1.0, 0.5], val=[])}, tmp_path / "tc1.png")
+    (ax,) = figures[-1].axes
+    assert "no validation" in ax.get_title()
 
 
 def test_retrieval_strip_labels_scores(tmp_path, hands_samples):

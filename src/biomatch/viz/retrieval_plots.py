@@ -34,8 +34,14 @@ def plot_cmc(first_ranks: Mapping[str, np.ndarray], path: Path, max_rank: int = 
 
 
 def plot_training_curves(histories: Mapping[str, object], path: Path, monitor: str = "recall@1") -> Path:
-    """Training loss (left) and validation `monitor` (right) per epoch for each method."""
-    fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(10, 4))
+    """Training loss (left) and validation `monitor` (right) per epoch for each method; only the
+    loss panel when no method validated (e.g. heads trained on train + val for a fixed budget)."""
+    any_val = any(getattr(h, "val", []) for h in histories.values())
+    if any_val:
+        fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(10, 4))
+    else:
+        fig, ax_l = plt.subplots(1, 1, figsize=(5.5, 4))
+        ax_v = None
     for name, h in histories.items():
         loss = getattr(h, "loss", [])
         val = [v.get(monitor, np.nan) for v in getattr(h, "val", [])]
@@ -43,11 +49,13 @@ def plot_training_curves(histories: Mapping[str, object], path: Path, monitor: s
         if loss:
             ax_l.plot(np.arange(1, len(loss) + 1), np.asarray(loss) / max(loss[0], 1e-12), label=name,
                       marker=marker, ms=3)
-        if val:
+        if val and ax_v is not None:
             ax_v.plot(np.arange(1, len(val) + 1), val, label=name, marker=marker, ms=3)
-    ax_l.set(xlabel="epoch", ylabel="training loss (÷ first epoch)", title="Loss")
-    ax_v.set(xlabel="epoch", ylabel=f"validation {monitor}", title="Validation", ylim=(0, 1))
-    for ax in (ax_l, ax_v):
+    ax_l.set(xlabel="epoch", ylabel="training loss (÷ first epoch)",
+             title="Loss" if any_val else "Loss (no validation: trained on train + val)")
+    if ax_v is not None:
+        ax_v.set(xlabel="epoch", ylabel=f"validation {monitor}", title="Validation", ylim=(0, 1))
+    for ax in (a for a in (ax_l, ax_v) if a is not None):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
