@@ -30,7 +30,15 @@ import torch
 
 from biomatch.config import MethodConfig, load_method
 from biomatch.hands.methods import run_method
-from biomatch.hands.protocol import BEST_METHOD, REPORT_SEEDS, TUNING_SEEDS, load_hands, make_split, seed_role
+from biomatch.hands.protocol import (
+    BEST_METHOD,
+    REPORT_SEEDS,
+    TUNING_SEEDS,
+    load_hands,
+    make_split,
+    result_name,
+    seed_role,
+)
 from biomatch.metrics.retrieval import bootstrap_ci
 from biomatch.paths import REPO_ROOT
 from biomatch.results import (
@@ -56,10 +64,6 @@ PROTOCOL = ("subject-disjoint split 68/11/21 % of subjects with both views; quer
             "of test subjects, gallery = every palmar image of test subjects; ranks pessimistic on ties")
 DATASET = "11k Hands (bundled subset: 181 subjects with both views, 100–180 px squares)"
 PLOTS = RESULTS_DIR / "hands_dorsal_palmar_plots"
-
-
-def result_name(method: str, role: str) -> str:
-    return f"hands_dorsal_palmar_{method}_{role}"
 
 
 def aggregate(per_seed: Sequence[dict]) -> dict:

@@ -37,12 +37,12 @@ def _recorded_report_rows() -> str:
     seeds 10–19), so a demo that skips (a) and (b) still shows what they reach; "" if none."""
     import json
 
-    from biomatch.hands.protocol import BEST_METHOD
+    from biomatch.hands.protocol import BEST_METHOD, result_name
     from biomatch.results import RESULTS_DIR
 
     lines = []
     for name in (*REFERENCE_METHODS, BEST_METHOD):
-        path = RESULTS_DIR / f"hands_dorsal_palmar_{name}_report.json"
+        path = RESULTS_DIR / f"{result_name(name, 'report')}.json"
         try:
             rec = json.loads(path.read_text())
             r1, mr = rec["metrics"]["recall@1"], rec["metrics"]["mean_rank"]

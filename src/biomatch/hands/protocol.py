@@ -94,6 +94,11 @@ REPORT_SEEDS = range(10, 20)
 BEST_METHOD = "hands_e_aligned_cohort"
 
 
+def result_name(method: str, role: str) -> str:
+    """Name of a method's dorsal→palmar benchmark result (benchmarks/results/<name>.json) for a seed role."""
+    return f"hands_dorsal_palmar_{method}_{role}"
+
+
 def seed_role(seeds: Sequence[int]) -> str:
     """'tuning' if every seed is a tuning seed, 'report' if every one is a report seed, else
     'other' (e.g. the exploratory seeds 5-9 of issue #14; never mixed into either column)."""
