@@ -78,3 +78,15 @@ def test_run_method_ranks_by_the_normalized_scores(hands_samples, tmp_path):
         [s.identity for s in r.gallery], 0.5)
     np.testing.assert_allclose(r.score_matrix(), want, atol=1e-6)
     assert not np.allclose(want, r.query_emb @ r.gallery_emb.T)
+
+
+def test_config_refuses_two_gallery_rescorings_before_any_work(tmp_path):
+    """cohort_k and rerank both re-score the gallery; the config says so at load time, not
+    after the features and heads have been computed."""
+    from biomatch.config import load_method
+    from biomatch.errors import InputError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backbones: [efficientnet_lite0]\ncohort_k: 10\nrerank: k_reciprocal\n")
+    with pytest.raises(InputError, match="cohort_k and rerank"):
+        load_method(bad)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from biomatch.errors import InputError, NotFoundError
 
@@ -98,6 +98,12 @@ class MethodConfig(BaseModel):
             if variant not in ("", "aligned"):
                 raise ValueError(f"backbone {name!r}: the only variant is '<backbone>@aligned'")
         return names
+
+    @model_validator(mode="after")
+    def _one_gallery_rescoring(self) -> MethodConfig:
+        if self.cohort_k and self.rerank != "none":
+            raise ValueError("cohort_k and rerank both re-score the gallery: use one")
+        return self
 
     @field_validator("taps")
     @classmethod

@@ -487,10 +487,6 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
         from biomatch.hands.rerank import rerank_scores
         from biomatch.hands.scoring import cohort_corrected_scores, identity_mean_boost, split_blocks
 
-        if cfg.cohort_k and cfg.rerank != "none":
-            from biomatch.errors import InputError
-
-            raise InputError("cohort_k and rerank both re-score the gallery: use one")
         if cfg.cohort_k:  # the training dorsal images (subject-disjoint from the test) are the cohort
             widths = [q_emb.shape[1] // len(in_dims)] * len(in_dims)  # equal-width blocks, one per backbone
             cohort = embed_head(HandsSplit.queries(train), head)
