@@ -29,6 +29,7 @@ from biomatch.hands.protocol import GALLERY_VIEW, QUERY_VIEW, HandsSplit
 from biomatch.metrics.retrieval import RetrievalRanks, ranks_from_scores, retrieval_ranks, retrieval_summary
 from biomatch.models.backbones import Backbone, create_backbone
 from biomatch.models.heads import EmbeddingModel, ProjectionHead
+from biomatch.models.onnx_features import on_runtime
 from biomatch.objectives import make_objective
 from biomatch.training import History, TrainConfig, fit, torch_threads
 
@@ -198,6 +199,7 @@ class FeatureBank:
             tf = background_transform(cfg.background, tuple(cfg.background_color),
                                       eval_transform(size, bb.mean, bb.std))
             extractor, key = feature_extractor(cfg, name, bb)
+            extractor = on_runtime(extractor, device)  # ONNX Runtime on the CPU (biomatch.models.onnx_features)
             slices = None
             union = _union_extractor(cfg, bb) if not variant else None  # aligned crops serve only this entry
             if union is not None:
@@ -205,13 +207,16 @@ class FeatureBank:
 
                 union_key = f"{name}@taps-{taps_id(UNION_TAPS)}"
                 needs_head = not cfg.taps or any(t.startswith("head") for t in cfg.taps)
+                slices = union_slices(union, cfg.taps or ["head:avg"])
+                union = on_runtime(union, device)
                 if _cache_exists(extractor, key, ordered, tf, cache):
                     union = None  # features cached before the shared pass existed: the same numbers, reuse them
                 elif not (needs_head or _cache_exists(union, union_key, ordered, tf, cache)):
                     union = None  # early taps only, no shared pass cached: stop at the deepest tap (same numbers)
             if union is not None:  # one shared pass for taps and pooled features (biomatch.hands.features)
                 extractor, key = union, union_key
-                slices = union_slices(union, cfg.taps or ["head:avg"])
+            else:
+                slices = None
             extractor.to(device)
             loader, loader_id = None, ""
             if variant == "aligned":

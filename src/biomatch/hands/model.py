@@ -25,6 +25,7 @@ from biomatch.errors import InputError, NotFoundError, StateError
 from biomatch.hands.masking import background_transform
 from biomatch.hands.methods import build_model, feature_extractor, model_input_dims
 from biomatch.models.backbones import create_backbone
+from biomatch.models.onnx_features import on_runtime
 
 FORMAT = "biomatch-hand-model/2"
 VIEWS = ("dorsal", "palmar")
@@ -67,7 +68,9 @@ class HandEmbedder:
         if found != blob["weights_ids"]:
             raise StateError(f"{path} was trained on backbone weights {blob['weights_ids']}, "
                              f"but this installation provides {found}")
-        self.extractors = [feature_extractor(cfg, n, b)[0].eval() for n, b in zip(names, backbones)]
+        # the runtime the evaluation features came from (ONNX Runtime on the CPU), so embeddings match them
+        self.extractors = [on_runtime(feature_extractor(cfg, n, b)[0].eval(), device)
+                           for n, b in zip(names, backbones)]
         # one block per backbone with `fusion: score`, else one block of all ("in_dims" is absent
         # from files written before score fusion existed)
         self.head: nn.Module = build_model(cfg, blob.get("in_dims", [blob["in_dim"]]))

