@@ -40,6 +40,7 @@ from biomatch.hands.protocol import (
     seed_role,
 )
 from biomatch.metrics.retrieval import bootstrap_ci
+from biomatch.models.onnx_features import feature_runtime
 from biomatch.paths import REPO_ROOT
 from biomatch.results import (
     RESULTS_DIR,
@@ -106,21 +107,28 @@ def run_config(path: str, seeds: Sequence[int], role: str, samples, device: str,
                "rank_histogram": rank_histogram(r.ranks.first_rank),
                "worst_queries": worst_queries(r, 10), "train_s": r.timing["train_s"],
                "features_s": r.timing["features_s"], "commit": git_commit(),
-               "load_before": list(load_before), "load_after": list(os.getloadavg())}
+               "load_before": list(load_before), "load_after": list(os.getloadavg()),
+               "feature_runtime": feature_runtime(device)}
         per_seed.append(rec)
         with _locked(out):  # several processes may run seeds of one config: merge, never clobber
-            if out.is_file():
-                other = json.loads(out.read_text())
-                if other.get("config") == cfg.model_dump():
-                    mine = {p["seed"] for p in per_seed}
-                    per_seed += [p for p in other.get("per_seed", []) if p["seed"] not in mine]
-            per_seed.sort(key=lambda p: p["seed"])
-            _write(cfg, name, role, seeds, per_seed, results_dir)
+            _write(cfg, name, role, seeds, merged_seeds(out, cfg, per_seed), results_dir)
         if cfg.name == BEST_METHOD and seed == seeds[0]:
             plot_worst_queries(r, results_dir / PLOTS.name / f"{cfg.name}_{role}_seed{seed}_worst.png")
         print(f"{cfg.name} [{role}] seed {seed}: R@1 {r.metrics['recall@1']:.3f} mean rank "
               f"{r.metrics['mean_rank']:.2f} ({r.timing['train_s']:.0f} s train)", flush=True)
     return json.loads(out.read_text())
+
+
+def merged_seeds(out: Path, cfg: MethodConfig, mine: list[dict]) -> list[dict]:
+    """This process's seed records plus those in `out` (same config) for seeds it did not run;
+    where both hold a seed, this process's record wins (a rerun replaces, never duplicates)."""
+    by_seed: dict[int, dict] = {}
+    if out.is_file():
+        other = json.loads(out.read_text())
+        if other.get("config") == cfg.model_dump():
+            by_seed = {p["seed"]: p for p in other.get("per_seed", [])}
+    by_seed.update({p["seed"]: p for p in mine})
+    return [by_seed[s] for s in sorted(by_seed)]
 
 
 @contextlib.contextmanager
@@ -145,7 +153,9 @@ def _write(cfg, name: str, role: str, seeds: Sequence[int], per_seed: list[dict]
         extra={"seed_role": role, "seeds_planned": list(TUNING_SEEDS if role == "tuning" else REPORT_SEEDS),
                "complete": set(TUNING_SEEDS if role == "tuning" else REPORT_SEEDS) <= {p["seed"] for p in per_seed},
                "config": cfg.model_dump(), "verdict": cfg.verdict, "per_seed": per_seed,
-               "load": list(os.getloadavg()), "seeds_this_process": planned},
+               "load": list(os.getloadavg()), "seeds_this_process": planned,
+               # seeds measured before biomatch.models.onnx_features ran their features through PyTorch
+               "feature_runtime": sorted({p.get("feature_runtime", "torch") for p in per_seed})},
         results_dir=results_dir,
     )
 
@@ -274,6 +284,12 @@ def write_section() -> None:
         rows.append([f"reference: {ref_name}", "published, 1 split", "–", "–", f"{ref['recall@1']:.3f}",
                      f"{ref['mean_rank']:.2f}", f"{ref['recall@5']:.3f}", "–", "–", "–", "–"])
     notes = list(derived_notes)
+    ort = sorted(n for n, recs in results.items()
+                 if any(p.get("feature_runtime") == "onnxruntime" for rec in recs.values() for p in rec["per_seed"]))
+    if ort:
+        notes.append(f"Frozen features of {', '.join(ort)} were computed with ONNX Runtime "
+                     "(biomatch.models.onnx_features, ~3× faster than eager PyTorch on this CPU, features within ~2e-7); "
+                     "every other row with PyTorch (`feature_runtime` in each result file).")
     for role in ("tuning", "report"):
         a, b = (results.get(n, {}).get(role) for n in ("hands_a_twin_contrastive", "hands_b_triplet_batch_hard"))
         if a and b:

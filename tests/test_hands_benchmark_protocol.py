@@ -71,6 +71,23 @@ def test_results_are_written_per_seed_with_role_and_commit(bench, tmp_path, monk
     assert calls == [2, 3, 4] and rec["complete"] is True and rec["seeds"] == [0, 1, 2, 3, 4]
 
 
+def test_a_rerun_replaces_seeds_and_keeps_the_others(bench, tmp_path, monkeypatch, hands_samples):
+    """Rerunning seeds of a config whose file already holds them (e.g. after a change of feature
+    runtime) replaces those seeds' records; it once appended them, so a seed appeared twice."""
+    cfg = str(REPO_ROOT / "configs" / "hands_b_triplet_batch_hard.yaml")
+    out = tmp_path / "hands_dorsal_palmar_hands_b_triplet_batch_hard_tuning.json"
+    monkeypatch.setattr(bench, "run_method", _fake_run())
+    bench.run_config(cfg, [0, 1, 2, 3, 4], "tuning", hands_samples, "cpu", False, results_dir=tmp_path)
+    first = {p["seed"]: p for p in json.loads(out.read_text())["per_seed"]}
+    monkeypatch.setattr(bench, "feature_runtime", lambda device: "rerun-marker")
+    rec = bench.run_config(cfg, [1, 3], "tuning", hands_samples, "cpu", False, results_dir=tmp_path)
+    assert [p["seed"] for p in rec["per_seed"]] == [0, 1, 2, 3, 4]  # no seed twice
+    assert [p["feature_runtime"] for p in rec["per_seed"]] == ["onnxruntime", "rerun-marker", "onnxruntime",
+                                                                "rerun-marker", "onnxruntime"]
+    assert rec["per_seed"][0] == first[0] and rec["per_seed"][4] == first[4]
+    assert rec["feature_runtime"] == ["onnxruntime", "rerun-marker"]
+
+
 def test_beats_compares_only_common_seeds(bench):
     a = {"per_seed": [{"seed": s, "recall@1": 0.5} for s in (0, 1, 2, 3, 4)]}
     b = {"per_seed": [{"seed": s, "recall@1": r} for s, r in ((0, 0.6), (1, 0.4), (3, 0.7))]}
