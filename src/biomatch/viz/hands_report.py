@@ -183,6 +183,8 @@ def write_hands_report(results: Sequence[RunResult], out_dir: Path, title: str =
                      "- packages: " + ", ".join(f"{k} {v}" for k, v in run_info.get("packages", {}).items()),
                      f"- machine: {run_info.get('machine', machine_description())}",
                      f"- feature/landmark cache: {run_info.get('cache', '')}"]
+        if "feature_runtime" in run_info:
+            run_lines.append(f"- frozen backbone features computed with: {run_info['feature_runtime']}")
         if load:
             run_lines.append(f"- 1-min load average during the run ({load['n']} samples, every 5 s): min "
                              f"{load['min']:.1f}, mean {load['mean']:.1f}, max {load['max']:.1f}")
