@@ -200,7 +200,6 @@ class FeatureBank:
                                       eval_transform(size, bb.mean, bb.std))
             extractor, key = feature_extractor(cfg, name, bb)
             extractor = on_runtime(extractor, device)  # ONNX Runtime on the CPU (biomatch.models.onnx_features)
-            slices = None
             union = _union_extractor(cfg, bb) if not variant else None  # aligned crops serve only this entry
             if union is not None:
                 from biomatch.hands.features import UNION_TAPS, taps_id, union_slices
