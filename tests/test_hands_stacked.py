@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 
 from biomatch.data.samplers import PKSampler
@@ -15,7 +16,10 @@ from biomatch.objectives import make_objective
 from biomatch.training import TrainConfig, fit
 
 
-def test_stacked_training_matches_fit_head_by_head():
+@pytest.mark.parametrize("objective", [make_objective("cross_view", margin=0.1),
+                                       make_objective("cross_view_softmax", temperature=0.1)],
+                         ids=["batch_hard", "softmax"])
+def test_stacked_training_matches_fit_head_by_head(objective):
     rng = np.random.default_rng(0)
     n, ids = 120, 20
     labels = np.repeat(np.arange(ids), n // ids)
@@ -28,7 +32,6 @@ def test_stacked_training_matches_fit_head_by_head():
         heads.append(ProjectionHead([d, 16, 8]))
     inputs = [feats[h % 2] for h in range(len(heads))]
     cfg = TrainConfig(epochs=3, lr=1e-2, seed=0)
-    objective = make_objective("cross_view", margin=0.1)
 
     def sampler(seed):
         return PKSampler(labels.tolist(), 6, 2, views.tolist(), view_aware=True, batches_per_epoch=4, seed=seed,

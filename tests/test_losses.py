@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from biomatch.errors import InputError
-from biomatch.losses import cross_view_batch_hard, make_loss, make_miner, pair_contrastive_loss
+from biomatch.losses import cross_view_batch_hard, cross_view_softmax, make_loss, make_miner, pair_contrastive_loss
 from biomatch.objectives import make_objective
 
 
@@ -33,6 +33,38 @@ def test_cross_view_batch_hard_matches_loop():
         neg = [float(torch.dist(emb[i], emb[j])) for j in range(24) if not dorsal[j] and labels[j] != labels[i]]
         total, n = total + max(max(pos) - min(neg) + 0.3, 0.0), n + 1
     assert float(cross_view_batch_hard(emb, labels, dorsal, margin=0.3)) == pytest.approx(total / n, rel=1e-5)
+
+
+def _softmax_loop(emb: torch.Tensor, labels: torch.Tensor, anchor: torch.Tensor, tau: float) -> float:
+    total, n = 0.0, 0
+    for i in torch.nonzero(anchor).flatten():
+        other = [j for j in range(len(emb)) if not anchor[j]]
+        pos = [j for j in other if labels[j] == labels[i]]
+        if not pos or len(pos) == len(other):
+            continue
+        e = {j: float(np.exp(float(emb[i] @ emb[j]) / tau)) for j in other}
+        total, n = total - float(np.log(sum(e[j] for j in pos) / sum(e.values()))), n + 1
+    return total / n
+
+
+def test_cross_view_softmax_matches_loop_and_stacks():
+    g = torch.Generator().manual_seed(3)
+    emb = torch.nn.functional.normalize(torch.randn(20, 8, generator=g), dim=1)
+    labels = torch.randint(0, 5, (20,), generator=g)
+    dorsal = torch.rand(20, generator=g) < 0.5
+    one = float(cross_view_softmax(emb, labels, dorsal, temperature=0.2))
+    assert one == pytest.approx(_softmax_loop(emb, labels, dorsal, 0.2), rel=1e-5)
+    # a stack of heads gives each head its own value (the batched training path)
+    perm = torch.randperm(20, generator=g)
+    stack = cross_view_softmax(torch.stack([emb, emb[perm]]), torch.stack([labels, labels[perm]]),
+                               torch.stack([dorsal, dorsal[perm]]), temperature=0.2)
+    assert stack.tolist() == pytest.approx([one, one], rel=1e-5)
+    objective = make_objective("cross_view_softmax", temperature=0.2)
+    views = (~dorsal).long()  # 0 = dorsal anchors, 1 = palmar
+    expected = one + _softmax_loop(emb, labels, ~dorsal, 0.2)
+    assert float(objective(emb, labels, views)) == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(InputError, match="temperature"):
+        make_objective("cross_view_softmax", temperature=0.0)
 
 
 def test_pml_batch_hard_triplet_matches_loop():

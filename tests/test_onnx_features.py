@@ -65,6 +65,20 @@ def test_the_runtime_joins_the_cache_key(taps_module, photos, tmp_path, monkeypa
     np.testing.assert_allclose(ort_feats, torch_feats, atol=2e-5, rtol=0)
 
 
+def test_grid_taps_run_on_onnxruntime(photos):
+    """gridN taps (layout-keeping pooling) export to ONNX and match PyTorch's adaptive pooling."""
+    import torch.nn.functional as F
+
+    from biomatch.hands.features import grid_pool
+
+    x = torch.randn(2, 4, 13, 10)
+    torch.testing.assert_close(grid_pool(x, 4), F.adaptive_avg_pool2d(x, 4).flatten(1))
+    module = TapFeatures(create_backbone("efficientnet_lite0"), ["4:grid2", "5:grid3"]).eval()
+    ort = _features(OrtFeatures(module), photos[:4], 4)
+    assert ort.shape == (4, 80 * 4 + 112 * 9)
+    np.testing.assert_allclose(ort, _features(module, photos[:4], 4), atol=2e-5, rtol=0)
+
+
 def test_runtime_choice(monkeypatch):
     monkeypatch.delenv(FEATURE_RUNTIME_ENV, raising=False)
     assert feature_runtime("cpu") == "onnxruntime"

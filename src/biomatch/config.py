@@ -28,7 +28,8 @@ class MethodConfig(BaseModel):
     head_dims: list[int] = Field(default_factory=lambda: [512, 128])
     normalize: bool = True
     dropout: float = Field(default=0.0, ge=0, lt=1)
-    objective: Literal["pml", "cross_view", "pair_contrastive"] = "pml"
+    objective: Literal["pml", "cross_view", "cross_view_softmax", "pair_contrastive"] = "pml"
+    temperature: float = Field(default=0.1, gt=0)  # of objective: cross_view_softmax
     loss: str = "triplet"
     miner: str = "batch_hard"
     margin: float | None = None

@@ -95,6 +95,33 @@ def cross_view_batch_hard(
     return torch.nn.functional.softplus(gap).mean() if soft else torch.clamp(gap + margin, min=0).mean()
 
 
+def cross_view_softmax(
+    emb: torch.Tensor, labels: torch.Tensor, is_anchor_view: torch.Tensor, temperature: float = 0.1,
+) -> torch.Tensor:
+    """Multi-positive softmax (InfoNCE) from anchors of one view over every item of the other view.
+
+    Why beside batch-hard: batch-hard moves one negative per anchor, while the first-correct rank
+    (mean rank) is set by every impostor that outscores the true palm; the softmax pushes all of
+    them, weighted by how close they are. Per anchor a: `-log(Σ_pos e^{s/τ} / Σ_other e^{s/τ})`,
+    s the dot product (cosine for L2-normalized rows). Works on one head (B, D) or a stack of
+    heads (H, B, D) with labels/views (H, B); returns the mean over anchors with a positive and a
+    negative in the batch (0 where there is none), one value per head for a stack.
+    """
+    stacked = emb.dim() == 3
+    z, lab, anchor = (emb, labels, is_anchor_view) if stacked else (emb[None], labels[None], is_anchor_view[None])
+    logits = torch.bmm(z, z.transpose(1, 2)) / temperature  # (H, B, B)
+    other = ~anchor[:, None, :] & anchor[:, :, None]  # row: an anchor; column: the other view
+    same = lab[:, :, None] == lab[:, None, :]
+    pos, cand = other & same, other
+    valid = pos.any(2) & (other & ~same).any(2)  # (H, B)
+    ninf = torch.full_like(logits, -torch.inf)
+    num = torch.logsumexp(torch.where(pos, logits, ninf), dim=2)
+    den = torch.logsumexp(torch.where(cand, logits, ninf), dim=2)
+    per_anchor = torch.where(valid, den - num, torch.zeros_like(den))
+    out = per_anchor.sum(1) / valid.sum(1).clamp(min=1)
+    return out if stacked else out[0]
+
+
 def cosine_distance():
     """PML's cosine similarity distance object (higher = more similar)."""
     return distances.CosineSimilarity()

@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 
 from biomatch.errors import InputError
-from biomatch.losses import cross_view_batch_hard, make_loss, make_miner, pair_contrastive_loss
+from biomatch.losses import cross_view_batch_hard, cross_view_softmax, make_loss, make_miner, pair_contrastive_loss
 
 
 class Objective(Protocol):
@@ -48,6 +48,27 @@ class CrossViewObjective(torch.nn.Module):
         return loss
 
 
+class CrossViewSoftmaxObjective(torch.nn.Module):
+    """`cross_view_softmax` with dorsal anchors against palmar items, plus palmar anchors against
+    dorsal items with weight `symmetric`. `batched` takes a stack of heads (H, B, D) at once."""
+
+    def __init__(self, temperature: float = 0.1, symmetric: float = 1.0) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise InputError(f"temperature must be > 0, got {temperature}")
+        self.temperature, self.symmetric = temperature, symmetric
+
+    def batched(self, emb: torch.Tensor, labels: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        anchor = views == 0
+        loss = cross_view_softmax(emb, labels, anchor, self.temperature)
+        if self.symmetric:
+            loss = loss + self.symmetric * cross_view_softmax(emb, labels, ~anchor, self.temperature)
+        return loss
+
+    def forward(self, emb: torch.Tensor, labels: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        return self.batched(emb, labels, views)
+
+
 class PairContrastiveObjective(torch.nn.Module):
     """Twin-network contrastive loss on consecutive rows (0,1), (2,3), …: y=1 same identity."""
 
@@ -63,8 +84,10 @@ class PairContrastiveObjective(torch.nn.Module):
 
 
 def make_objective(name: str, **kwargs) -> torch.nn.Module:
-    """'pml' (loss=…, miner=…), 'cross_view' (margin, soft) or 'pair_contrastive' (margin)."""
-    table = {"pml": PMLObjective, "cross_view": CrossViewObjective, "pair_contrastive": PairContrastiveObjective}
+    """'pml' (loss=…, miner=…), 'cross_view' (margin, soft), 'cross_view_softmax' (temperature)
+    or 'pair_contrastive' (margin)."""
+    table = {"pml": PMLObjective, "cross_view": CrossViewObjective, "cross_view_softmax": CrossViewSoftmaxObjective,
+             "pair_contrastive": PairContrastiveObjective}
     if name not in table:
         raise InputError(f"unknown objective {name!r}; choose from {', '.join(table)}")
     return table[name](**kwargs)

@@ -54,7 +54,21 @@ def pool_map(x: torch.Tensor, pool: str) -> torch.Tensor:
         return x.flatten(2).std(dim=2)
     if pool == "gem":
         return x.clamp(min=1e-6).pow(3).mean(dim=(-2, -1)).pow(1 / 3)
-    return F.adaptive_avg_pool2d(x, int(pool[4:])).flatten(1)
+    return grid_pool(x, int(pool[4:]))
+
+
+def grid_pool(x: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, C, H, W) → (B, C·n·n): `adaptive_avg_pool2d(x, n)` written as static slices.
+
+    Why not adaptive_avg_pool2d itself: the ONNX exporter cannot export it when the traced
+    feature map's spatial size is symbolic, which broke `gridN` taps on the ONNX Runtime feature
+    path (biomatch.models.onnx_features). The bins are the same: rows floor(i·H/n) to
+    ceil((i+1)·H/n), likewise for columns.
+    """
+    h, w = int(x.shape[-2]), int(x.shape[-1])
+    cells = [x[..., (i * h) // n: -((-(i + 1) * h) // n), (j * w) // n: -((-(j + 1) * w) // n)].mean(dim=(-2, -1))
+             for i in range(n) for j in range(n)]
+    return torch.stack(cells, dim=-1).flatten(1)
 
 
 def stage_ends(body: nn.Module) -> list[int]:

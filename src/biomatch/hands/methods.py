@@ -299,6 +299,8 @@ def _objective(cfg: MethodConfig, n_classes: int) -> nn.Module:
     if cfg.objective == "pml":
         return make_objective("pml", loss=cfg.loss, miner=cfg.miner, margin=cfg.margin,
                               embedding_dim=cfg.head_dims[-1], num_classes=n_classes)
+    if cfg.objective == "cross_view_softmax":
+        return make_objective("cross_view_softmax", temperature=cfg.temperature)
     margin = cfg.margin if cfg.margin is not None else (2.0 if cfg.objective == "pair_contrastive" else 0.2)
     return make_objective(cfg.objective, margin=margin)
 

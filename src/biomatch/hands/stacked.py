@@ -150,8 +150,10 @@ def fit_stacked_parallel(heads: Sequence[ProjectionHead], inputs: Sequence[torch
 def _batched_objective(objective: nn.Module) -> Callable | None:
     """The cross-view batch-hard loss of every head in one go (same value as calling
     `objective` head by head), or None for other objectives."""
-    from biomatch.objectives import CrossViewObjective
+    from biomatch.objectives import CrossViewObjective, CrossViewSoftmaxObjective
 
+    if isinstance(objective, CrossViewSoftmaxObjective):
+        return objective.batched
     if not isinstance(objective, CrossViewObjective) or objective.soft:
         return None
 
