@@ -30,6 +30,7 @@ import torch
 
 from biomatch.config import MethodConfig, load_method
 from biomatch.hands.methods import run_method
+from biomatch.hands.sessions import session_breakdown
 from biomatch.hands.protocol import (
     BEST_METHOD,
     REPORT_SEEDS,
@@ -105,7 +106,8 @@ def run_config(path: str, seeds: Sequence[int], role: str, samples, device: str,
                "recall@1_ci95": list(ci), "n_queries": len(r.queries), "n_gallery": len(r.gallery),
                "n_gallery_subjects": len({g.identity for g in r.gallery}),
                "rank_histogram": rank_histogram(r.ranks.first_rank),
-               "worst_queries": worst_queries(r, 10), "train_s": r.timing["train_s"],
+               "worst_queries": worst_queries(r, 10),
+               "sessions": session_breakdown(r.ranks.first_rank, r.queries, r.gallery), "train_s": r.timing["train_s"],
                "features_s": r.timing["features_s"], "commit": git_commit(),
                "load_before": list(load_before), "load_after": list(os.getloadavg()),
                "feature_runtime": feature_runtime(device)}
@@ -256,6 +258,30 @@ def _derive_tuning(results: dict[str, dict[str, dict]]) -> list[str]:
     return notes
 
 
+def pooled_sessions(per_seed: Sequence[dict]) -> str:
+    """One sentence: same-session vs cross-session queries (biomatch.hands.sessions), pooled over
+    the seeds that recorded it; "" where none did."""
+    recs = [p for p in per_seed if "sessions" in p]
+    if not recs:
+        return ""
+    parts = []
+    for group in ("same_session", "cross_session"):
+        n = sum(p["sessions"][group]["n_queries"] for p in recs)
+        if not n:
+            parts.append(f"{group.replace('_', '-')}: no query")
+            continue
+        r1 = sum(p["sessions"][group]["recall@1"] * p["sessions"][group]["n_queries"] for p in recs
+                 if p["sessions"][group]["n_queries"]) / n
+        mr = sum(p["sessions"][group]["mean_rank"] * p["sessions"][group]["n_queries"] for p in recs
+                 if p["sessions"][group]["n_queries"]) / n
+        parts.append(f"{group.replace('_', '-')}: {n} queries, R@1 {r1:.3f}, mean rank {mr:.2f}")
+    seeds = [p["seed"] for p in recs if p["sessions"]["cross_session"]["n_queries"]]
+    return ("Capture sessions (biomatch.hands.sessions: a subject's photos more than 1,000 image numbers apart are "
+            "another session; 8 of the bundled subjects have two): a cross-session query has no palm of its subject "
+            f"from its own session. Pooled over seeds {[p['seed'] for p in recs]} — " + "; ".join(parts)
+            + (f" (cross-session queries on seeds {seeds})." if seeds else "."))
+
+
 def write_section() -> None:
     """The BENCHMARKS.md section from every result file whose config still exists."""
     results: dict[str, dict[str, dict]] = {}
@@ -302,6 +328,9 @@ def write_section() -> None:
             hist = rec["metrics"]["rank_histogram_all_seeds"]
             tail.append(f"First-correct-rank histogram of {BEST_METHOD} over all queries of its {role} seeds "
                         f"{rec['seeds']}: " + ", ".join(f"rank {k}: {v}" for k, v in hist.items()) + ".")
+            sessions = pooled_sessions(rec["per_seed"])
+            if sessions:
+                tail.append(sessions)
             worst = sorted((w for p in rec["per_seed"][:1] for w in p["worst_queries"]), key=lambda w: -w["rank"])
             lines = [f"- {w['query']} (subject {w['subject']}): true palm {w['true_palm']['file'] if w['true_palm'] else '–'}"
                      f" at rank {w['rank']}; top-5 " + ", ".join(f"{t['file']}{' ✓' if t['same'] else ''}"

@@ -8,7 +8,8 @@ import importlib
 import pytest
 
 MODULES = ["biomatch.hands.scoring", "biomatch.metrics.retrieval", "biomatch.metrics.verification",
-           "biomatch.metrics.score_files", "biomatch.matching.distances", "biomatch.matching.rsm", "biomatch.losses"]
+           "biomatch.metrics.score_files", "biomatch.matching.distances", "biomatch.matching.rsm", "biomatch.losses",
+           "biomatch.hands.sessions"]
 
 
 @pytest.mark.parametrize("name", MODULES)
