@@ -120,14 +120,22 @@ def test_derived_tuning_column_reads_old_records_with_new_config_fields_at_their
 
 def test_pooled_sessions_weigh_seeds_by_their_queries(bench):
     def rec(seed, same, cross):
-        return {"seed": seed, "sessions": {
+        n = same[0] + cross[0]
+        mr = (same[0] * same[2] + cross[0] * (cross[2] or 0)) / n
+        return {"seed": seed, "n_queries": n, "mean_rank": mr, "sessions": {
             "same_session": {"n_queries": same[0], "recall@1": same[1], "mean_rank": same[2]},
             "cross_session": {"n_queries": cross[0], "recall@1": cross[1], "mean_rank": cross[2], "subjects": 1}}}
 
     text = bench.pooled_sessions([rec(10, (100, 0.8, 2.0), (0, None, None)),
                                   rec(11, (300, 0.6, 3.0), (12, 0.0, 30.0)), {"seed": 12}])
     # same-session: (100·0.8 + 300·0.6) / 400 = 0.65, (100·2 + 300·3) / 400 = 2.75
-    assert "Pooled over seeds [10, 11]" in text
+    assert "Pooled over seeds [10, 11] (all 412 queries: mean rank 3.54)" in text  # (200 + 900 + 360) / 412
     assert "same-session: 400 queries, R@1 0.650, mean rank 2.75" in text
     assert "cross-session: 12 queries, R@1 0.000, mean rank 30.00 (cross-session queries on seeds [11])" in text
     assert bench.pooled_sessions([{"seed": 1}]) == ""
+
+
+def test_row_kinds(bench):
+    assert bench.row_kind("hands_e10_p32") == "method e"
+    assert bench.row_kind("hands_b_triplet_batch_hard") == "method b"
+    assert bench.row_kind("hands_control_e10_bg_fill") == "control, not a method"

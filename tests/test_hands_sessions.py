@@ -66,3 +66,16 @@ def test_the_shared_set_has_eight_two_session_subjects(shared_dataset):
         numbers.sort()
         widest_inside = max([widest_inside, *(b - a for a, b in zip(numbers, numbers[1:]))])
     assert widest_inside < SESSION_GAP / 10  # 33: far from the threshold on either side
+
+
+def test_session_figure_has_one_row_per_session(hands_samples, tmp_path):
+    from PIL import Image
+
+    from biomatch.viz.hands_report import plot_subject_sessions
+
+    subject = hands_samples[0].identity
+    n_sessions = max(capture_sessions([s for s in hands_samples if s.identity == subject]).values()) + 1
+    out = plot_subject_sessions(hands_samples, subject, tmp_path / "s.png", tile=40)
+    assert Image.open(out).height == 18 + n_sessions * (40 + 26 + 4) + 4
+    with pytest.raises(ValueError, match="no images of subject 'nobody'"):
+        plot_subject_sessions(hands_samples, "nobody", tmp_path / "x.png")

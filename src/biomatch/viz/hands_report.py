@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from biomatch.data.datasets import Sample
+
 from biomatch.hands.methods import RunResult
 from biomatch.metrics.retrieval import bootstrap_ci
 from biomatch.results import machine_description, markdown_table
@@ -79,6 +81,37 @@ def plot_worst_queries(result: RunResult, path: Path, n: int = 10, k: int = 5, t
                                      fill=(0, 160, 0) if same else (200, 0, 0))
             canvas.paste(framed, (x, y))
             draw.text((x, y + tile + 2), f"{label} s={score:.2f}", fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+def plot_subject_sessions(samples: Sequence[Sample], identity: str, path: Path, tile: int = 88) -> Path:
+    """One row per capture session of one subject (biomatch.hands.sessions), its photos in
+    number order, each labelled with file number and view: shows what a cross-session query
+    must bridge (lighting, accessories, which views were taken)."""
+    from PIL import Image, ImageDraw
+
+    from biomatch.data.images import load_image
+    from biomatch.hands.sessions import capture_sessions, image_number
+
+    mine = sorted((s for s in samples if s.identity == identity), key=lambda s: image_number(s.path))
+    if not mine:
+        raise ValueError(f"no images of subject {identity!r}")
+    sessions = capture_sessions(mine)
+    rows = [[s for s in mine if sessions[s.path] == k] for k in range(max(sessions.values()) + 1)]
+    pad, label_h, head = 4, 26, 18
+    width = max(len(r) for r in rows) * (tile + pad) + pad
+    canvas = Image.new("RGB", (width, head + len(rows) * (tile + label_h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 2), f"subject {identity}: one row per capture session", fill="black")
+    for k, row in enumerate(rows):
+        y = head + k * (tile + label_h + pad)
+        for j, s in enumerate(row):
+            x = pad + j * (tile + pad)
+            canvas.paste(load_image(s.path).resize((tile, tile)), (x, y))
+            draw.text((x, y + tile + 1), f"#{image_number(s.path)}", fill="black")
+            draw.text((x, y + tile + 12), f"s{k} {s.view}", fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
