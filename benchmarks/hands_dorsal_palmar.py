@@ -30,7 +30,6 @@ import torch
 
 from biomatch.config import MethodConfig, load_method
 from biomatch.hands.methods import run_method
-from biomatch.hands.sessions import cross_session_queries, session_breakdown
 from biomatch.hands.protocol import (
     BEST_METHOD,
     REPORT_SEEDS,
@@ -40,6 +39,7 @@ from biomatch.hands.protocol import (
     result_name,
     seed_role,
 )
+from biomatch.hands.sessions import cross_session_queries, session_breakdown
 from biomatch.metrics.retrieval import bootstrap_ci
 from biomatch.models.onnx_features import feature_runtime
 from biomatch.paths import REPO_ROOT
@@ -52,7 +52,12 @@ from biomatch.results import (
     update_benchmarks_section,
     write_result,
 )
-from biomatch.viz.hands_report import plot_subject_sessions, plot_worst_queries, rank_histogram, worst_queries
+from biomatch.viz.hands_report import (
+    plot_subject_sessions,
+    plot_worst_queries,
+    rank_histogram,
+    worst_queries,
+)
 
 METRICS = ("recall@1", "recall@5", "recall@10", "mean_rank", "median_rank", "map")
 REFERENCE_SOURCE = ("DESIGN.md / issue #3: full-resolution 11k Hands (1600×1200), one split, ~41 test subjects")
@@ -141,7 +146,6 @@ def merged_seeds(out: Path, cfg: MethodConfig, mine: list[dict]) -> list[dict]:
 @contextlib.contextmanager
 def _locked(path):
     import fcntl
-
     import tempfile
 
     with open(Path(tempfile.gettempdir()) / f"{path.name}.lock", "w") as fh:  # outside the repository

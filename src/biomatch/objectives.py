@@ -11,7 +11,13 @@ from typing import Protocol
 import torch
 
 from biomatch.errors import InputError
-from biomatch.losses import cross_view_batch_hard, cross_view_softmax, make_loss, make_miner, pair_contrastive_loss
+from biomatch.losses import (
+    cross_view_batch_hard,
+    cross_view_softmax,
+    make_loss,
+    make_miner,
+    pair_contrastive_loss,
+)
 
 
 class Objective(Protocol):

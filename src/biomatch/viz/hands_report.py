@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from biomatch.data.datasets import Sample
-
 from biomatch.hands.methods import RunResult
 from biomatch.metrics.retrieval import bootstrap_ci
 from biomatch.results import machine_description, markdown_table
@@ -144,7 +143,6 @@ def plot_aligned_examples(split, path: Path, n_subjects: int = 4, tile: int = 11
 
     from biomatch.data.images import load_image
     from biomatch.hands.landmarks import align_hand, cached_landmarks
-
     from biomatch.hands.protocol import HandsSplit
 
     q, g = HandsSplit.queries(split.test), HandsSplit.gallery(split.test)
