@@ -83,6 +83,9 @@ class MethodConfig(BaseModel):
     identity_weight: float = Field(default=0.0, ge=0)
     # Score weight of each backbone entry with `fusion: score` (default: equal).
     fusion_weights: list[float] = Field(default_factory=list)
+    # Extra training photos (biomatch.hands.extra_train), for training subjects only: "hires_180"
+    # adds the 640×480 subset's photos that the low-res set lacks, converted like it (180×180).
+    extra_train: Literal["none", "hires_180"] = "none"
     # What the tuning seeds said about this variant (shown in BENCHMARKS.md beside its row).
     verdict: str = ""
 

@@ -176,7 +176,11 @@ class FeatureBank:
 
     def __init__(self, cfg: MethodConfig, samples: Sequence[Sample], device: str = "cpu",
                  cache: Path | None = None, progress: bool = True) -> None:
-        ordered = _whole_dataset(sorted(samples, key=lambda s: str(s.path)))
+        by_root: dict[Path, list[Sample]] = {}
+        for s in sorted(samples, key=lambda s: str(s.path)):
+            by_root.setdefault(s.path.parent.parent, []).append(s)
+        # each data set whole (e.g. the low-res set + the extra training photos), in a fixed order
+        ordered = [s for root in sorted(by_root) for s in _whole_dataset(by_root[root])]
         self.index = {s.path: i for i, s in enumerate(ordered)}
         from biomatch.hands.masking import background_transform
 
@@ -399,10 +403,16 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
     that many heads train with different seeds and are averaged (`EnsembleHead`). With
     `cfg.rerank`, the test ranking is re-scored (a separate protocol row)."""
     all_samples = split.train + split.val + split.test
-    bank = FeatureBank(cfg, all_samples, device, cache, progress)
+    from biomatch.hands.extra_train import extra_photos, for_subjects
+
+    # every subject's extra photos join the bank (one cache file for all seeds); only the
+    # training subjects' photos join the training set
+    extras = extra_photos(cfg.extra_train, all_samples, cache)
+    bank = FeatureBank(cfg, all_samples + extras, device, cache, progress)
     train, val, test = split.train, split.val, split.test
     if cfg.train_on_val:
         train, val = train + val, []
+    train = train + for_subjects(extras, {s.identity for s in train})
     labels = _label_index(train)
     if cfg.n_heads > 1 and cfg.mode != "frozen":
         from biomatch.errors import InputError
