@@ -86,6 +86,12 @@ class MethodConfig(BaseModel):
     # Extra training photos (biomatch.hands.extra_train), for training subjects only: "hires_180"
     # adds the 640×480 subset's photos that the low-res set lacks, converted like it (180×180).
     extra_train: Literal["none", "hires_180"] = "none"
+    # Score fusion with XQDA (biomatch.hands.xqda), same protocol (fitted on the training images
+    # only): final = z(scores) + xqda_weight × z(Σ_backbones z(−XQDA distance on the frozen features,
+    # PCA-whitened to xqda_pca dims)), z = per-query z-score.
+    xqda_weight: float = Field(default=0.0, ge=0)
+    xqda_pca: int = Field(default=128, ge=1)
+    xqda_lambda: float = Field(default=0.01, ge=0)
     # What the tuning seeds said about this variant (shown in BENCHMARKS.md beside its row).
     verdict: str = ""
 

@@ -497,7 +497,7 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
         extra["fta_count"] = float((~ok).sum())
     scores = None
     if (cfg.rerank == "none" and cfg.side_bonus == 0 and cfg.geometry_weight == 0 and not cfg.cohort_k
-            and not cfg.identity_weight):
+            and not cfg.identity_weight and not cfg.xqda_weight):
         ranks = retrieval_ranks(q_emb, g_emb, q_ids, g_ids)
     else:
         from biomatch.hands.rerank import rerank_scores
@@ -530,6 +530,8 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
                 extra[f"geo{w:g}:recall@1"], extra[f"geo{w:g}:mean_rank"] = r["recall@1"], r["mean_rank"]
             scores = scores + cfg.geometry_weight * geo_scores
         scores = boosted(scores)
+        if cfg.xqda_weight:
+            scores = _fuse_xqda(cfg, bank, train, queries, gallery, scores, q_ids, g_ids, extra)
         ranks = ranks_from_scores(scores, q_ids, g_ids)
     n_images = len(all_samples) * len(cfg.backbones) * (2 if bank.mirrored is not None else 1)
     timing = {"features_s": bank.seconds, "train_s": train_s}
@@ -537,6 +539,22 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
         timing["embed_img_per_s"] = n_images / bank.seconds
     return RunResult(cfg.name, split.seed, ranks, {**retrieval_summary(ranks), **extra}, history, queries, gallery,
                      q_emb, g_emb, timing, model=head, scores=scores)
+
+
+def _fuse_xqda(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], queries: Sequence[Sample],
+               gallery: Sequence[Sample], scores: np.ndarray, q_ids: Sequence[str], g_ids: Sequence[str],
+               extra: dict[str, float]) -> np.ndarray:
+    """z(scores) + xqda_weight × z(XQDA block scores) on the frozen features (biomatch.hands.xqda);
+    the heads alone and XQDA alone go to `extra` (a free ablation, like the geometry sweep)."""
+    from biomatch.hands.xqda import row_zscore, xqda_block_scores
+
+    features = [bank.canonical(s)[0] for s in (train, queries, gallery)]
+    xq = xqda_block_scores(features[0], [s.identity for s in train], np.array([s.view == GALLERY_VIEW for s in train]),
+                           features[1], features[2], bank.dims, cfg.xqda_pca, cfg.xqda_lambda)
+    for name, s in (("heads", scores), ("xqda", xq)):
+        r = retrieval_summary(ranks_from_scores(s, q_ids, g_ids))
+        extra[f"{name}:recall@1"], extra[f"{name}:mean_rank"] = r["recall@1"], r["mean_rank"]
+    return row_zscore(scores) + cfg.xqda_weight * row_zscore(xq)
 
 
 def _finetune(cfg: MethodConfig, backbones: list[Backbone], head: ProjectionHead, objective: nn.Module,
