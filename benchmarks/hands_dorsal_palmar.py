@@ -279,10 +279,8 @@ def pooled_sessions(per_seed: Sequence[dict]) -> str:
         if not n:
             parts.append(f"{group.replace('_', '-')}: no query")
             continue
-        r1 = sum(p["sessions"][group]["recall@1"] * p["sessions"][group]["n_queries"] for p in recs
-                 if p["sessions"][group]["n_queries"]) / n
-        mr = sum(p["sessions"][group]["mean_rank"] * p["sessions"][group]["n_queries"] for p in recs
-                 if p["sessions"][group]["n_queries"]) / n
+        r1, mr = (sum(p["sessions"][group][key] * p["sessions"][group]["n_queries"] for p in recs
+                      if p["sessions"][group]["n_queries"]) / n for key in ("recall@1", "mean_rank"))
         parts.append(f"{group.replace('_', '-')}: {n} queries, R@1 {r1:.3f}, mean rank {mr:.2f}")
     seeds = [p["seed"] for p in recs if p["sessions"]["cross_session"]["n_queries"]]
     n_all = sum(p["n_queries"] for p in recs)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import get_args
 
+from biomatch.config import MethodConfig
 from biomatch.data.datasets import Sample
 
-EXTRA_SOURCES = ("none", "hires_180")  # values of MethodConfig.extra_train
+EXTRA_SOURCES = get_args(MethodConfig.model_fields["extra_train"].annotation)  # ("none", "hires_180")
 
 
 def extra_photos(kind: str, lowres: Sequence[Sample], out_root: Path | None = None,
