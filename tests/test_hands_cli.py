@@ -151,6 +151,29 @@ def test_saved_tap_ensemble_model_reproduces_evaluation(hands_subset, tmp_cache,
     np.testing.assert_allclose(q, result.query_emb[:4], atol=1e-4)
 
 
+@pytest.mark.parametrize("variant", ["aligned", "parts"])
+def test_saved_landmark_variant_model_reproduces_evaluation(hands_subset, tmp_cache, tmp_path, variant):
+    """A backbone entry that reads landmark crops (canonical crop or parts mosaic): the saved
+    model finds the landmarks itself and gives the embeddings of the evaluation, which read
+    them from the landmark cache."""
+    pytest.importorskip("mediapipe")
+    from biomatch.data.images import load_image
+    from biomatch.hands.model import save_hand_model
+    from biomatch.hands.protocol import load_hands
+    from biomatch.models.backbones import create_backbone
+
+    cfg = MethodConfig(name="v", backbones=["efficientnet_lite0", f"efficientnet_lite0@{variant}"], image_size=96,
+                       taps=["3:avg"], head_dims=[32, 16], objective="cross_view", sampler="pk_view", p=8, k=4,
+                       epochs=1, train_on_val=True, fusion="score")
+    result = run_method(cfg, make_split(load_hands(str(hands_subset)), seed=0), progress=False)
+    wid = create_backbone("efficientnet_lite0").weights_id
+    emb = HandEmbedder(save_hand_model(tmp_path / "v.pt", cfg, result.model, [wid, wid]))
+    z = emb.embed([load_image(s.path) for s in result.gallery[:3]], view="palmar")
+    np.testing.assert_allclose(z, result.gallery_emb[:3], atol=1e-4)
+    q = emb.embed([load_image(s.path) for s in result.queries[:3]], view="dorsal")
+    np.testing.assert_allclose(q, result.query_emb[:3], atol=1e-4)
+
+
 def test_demo_trains_the_best_method_and_quotes_the_recorded_references():
     """Without --references the demo trains only the best method (the 4-minute budget) and its
     notes quote (a), (b) and the best method from the report-seed result files."""

@@ -69,8 +69,9 @@ class MethodConfig(BaseModel):
     # gallery images from HandInfo): this is added to the cosine of same-side gallery images.
     side_bonus: float = Field(default=0.0, ge=0)
     # Hand landmarks (biomatch.hands.landmarks): a backbone entry "<backbone>@aligned" reads the
-    # canonical crop (middle finger up, palm scale fixed, thumb left) instead of the photo, falling
-    # back to the photo where no hand was found. `geometry_weight` > 0 adds that times the cosine of
+    # canonical crop (middle finger up, palm scale fixed, thumb left) instead of the photo, and
+    # "<backbone>@parts" the mosaic of upright fingers and palm centre (biomatch.hands.parts), both
+    # falling back to the photo where no hand was found. `geometry_weight` > 0 adds that times the cosine of
     # within-subject-whitened landmark geometry (finger lengths/widths, gap angles) to the score;
     # pairs without landmarks get the query's mean geometry score (neutral), never dropped.
     geometry_weight: float = Field(default=0.0, ge=0)
@@ -105,8 +106,8 @@ class MethodConfig(BaseModel):
     def _check_backbones(cls, names: list[str]) -> list[str]:
         for name in names:
             base, _, variant = name.partition("@")
-            if variant not in ("", "aligned"):
-                raise ValueError(f"backbone {name!r}: the only variant is '<backbone>@aligned'")
+            if variant not in ("", "aligned", "parts"):
+                raise ValueError(f"backbone {name!r}: the variants are '<backbone>@aligned' and '<backbone>@parts'")
         return names
 
     @model_validator(mode="after")

@@ -355,9 +355,14 @@ def cached_geometry(samples: Sequence[Sample], points: np.ndarray, cache: Path |
     return disk_cached(path, len(samples), compute)
 
 
-class AlignedLoader:
-    """Sample index → canonical hand crop (`align_hand`), for `biomatch.embeddings.extract`; its
-    `repr` names everything the crops depend on, so it can join a feature-cache key."""
+class LandmarkViewLoader:
+    """Sample index → an image rendered from the photo and its landmarks (`render`), for
+    `biomatch.embeddings.extract`. Subclasses name everything their images depend on in `repr`,
+    so it can join a feature-cache key."""
+
+    @staticmethod
+    def render(image: Image.Image, points: np.ndarray | None) -> Image.Image:
+        raise NotImplementedError
 
     def __init__(self, samples: Sequence[Sample], points: np.ndarray | None) -> None:
         self.samples, self.points = list(samples), points
@@ -366,7 +371,13 @@ class AlignedLoader:
         from biomatch.data.images import load_image
 
         pts = None if self.points is None else self.points[i]
-        return align_hand(load_image(self.samples[i].path), pts)
+        return self.render(load_image(self.samples[i].path), pts)
+
+
+class AlignedLoader(LandmarkViewLoader):
+    """Sample index → canonical hand crop (`align_hand`)."""
+
+    render = staticmethod(align_hand)
 
     def __repr__(self) -> str:
         return (f"AlignedLoader({model_version()}, crop={CROP}, palm={PALM_FRACTION}, "

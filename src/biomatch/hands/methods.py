@@ -227,6 +227,11 @@ class FeatureBank:
 
                 loader = AlignedLoader(ordered, points)
                 loader_id, key = repr(loader), f"{key}@aligned"
+            elif variant == "parts":
+                from biomatch.hands.parts import PartsLoader
+
+                loader = PartsLoader(ordered, points)
+                loader_id, key = repr(loader), f"{key}@parts"
             def pick(feats: np.ndarray) -> torch.Tensor:
                 if slices is not None:
                     feats = np.concatenate([feats[:, sl] for sl in slices], axis=1)

@@ -61,7 +61,7 @@ class HandEmbedder:
             raise InputError(f"{path}: geometry_weight is a score added per pair, not part of an embedding; "
                              "embed/export only models without it")
         names = [n.partition("@")[0] for n in cfg.backbones]
-        self._aligned = [n.endswith("@aligned") for n in cfg.backbones]
+        self._variants = [n.partition("@")[2] for n in cfg.backbones]  # "", "aligned" or "parts"
         self._detector = None
         backbones = [create_backbone(n, pool=cfg.pool).to(device).eval() for n in names]
         found = [b.weights_id for b in backbones]
@@ -87,27 +87,30 @@ class HandEmbedder:
     def model_hash(self) -> str:
         return self._hash
 
-    def _aligned_images(self, images: Sequence[Image.Image]) -> list[Image.Image]:
-        """Canonical crops (biomatch.hands.landmarks), the plain image where no hand is found."""
-        from biomatch.hands.landmarks import LandmarkDetector, align_hand
+    def _landmarks(self, images: Sequence[Image.Image]) -> list[np.ndarray | None]:
+        """Hand landmarks per image (None where no hand is found: the un-aligned fallback)."""
+        from biomatch.hands.landmarks import LandmarkDetector
 
         if self._detector is None:
             self._detector = LandmarkDetector()
-        out = []
-        for img in images:
-            lm = self._detector(np.asarray(img.convert("RGB")))
-            out.append(align_hand(img, lm.points if lm.ok else None))
-        return out
+        found = [self._detector(np.asarray(img.convert("RGB"))) for img in images]
+        return [lm.points if lm.ok else None for lm in found]
 
     @torch.no_grad()
     def _features(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        parts = []
-        aligned = self._aligned_images(images) if any(self._aligned) else None
-        for extractor, tf, use_aligned in zip(self.extractors, self._transforms, self._aligned):
-            batch = aligned if use_aligned else images
+        """Per backbone entry, the images it reads (the photo, its canonical crop or its parts
+        mosaic), embedded and L2-normalized, concatenated."""
+        from biomatch.hands.landmarks import align_hand
+        from biomatch.hands.parts import parts_mosaic
+
+        points = self._landmarks(images) if any(self._variants) else []
+        render = {"aligned": align_hand, "parts": parts_mosaic}
+        feats = []
+        for extractor, tf, variant in zip(self.extractors, self._transforms, self._variants):
+            batch = [render[variant](img, pts) for img, pts in zip(images, points)] if variant else images
             x = torch.stack([tf(img.convert("RGB")) for img in batch]).to(self.device)
-            parts.append(F.normalize(extractor(x).float().cpu(), dim=1))
-        return torch.cat(parts, 1)
+            feats.append(F.normalize(extractor(x).float().cpu(), dim=1))
+        return torch.cat(feats, 1)
 
     @torch.no_grad()
     def embed(self, images: Sequence[Image.Image], view: str = "dorsal") -> np.ndarray:
