@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from biomatch.data.datasets import Sample
 from biomatch.data.samplers import PKSampler
 from biomatch.data.transforms import eval_transform
 from biomatch.embeddings import cached_features
@@ -88,6 +89,32 @@ def test_feature_cache_reuses_and_keys_on_transform(hands_samples, tmp_path):
     cached_features(bb, "tiny_cnn", samples, eval_transform(48), cache=tmp_path, progress=False)
     cached_features(bb, "tiny_cnn", samples, eval_transform(64), mirror=True, cache=tmp_path, progress=False)
     assert len(list((tmp_path / "features").glob("*.npy"))) == 3
+
+
+def test_prefetched_extraction_equals_the_serial_loader_and_reports_bad_images(hands_samples, tmp_path):
+    """The thread-prefetched batches are the tensors a worker-less DataLoader gives, in order
+    (a last partial batch included), so features do not change; a corrupt image still fails
+    with its own error."""
+    from torch.utils.data import DataLoader
+
+    from biomatch.embeddings import ImageDataset, extract, prefetched_batches
+
+    samples = hands_samples[:11]
+    dataset = ImageDataset(samples, eval_transform(48), mirror=True)
+    serial = [x for x, _ in DataLoader(dataset, batch_size=4, shuffle=False)]
+    fetched = list(prefetched_batches(dataset, 4))
+    assert [x.shape[0] for x in fetched] == [4, 4, 3]
+    for a, b in zip(serial, fetched, strict=True):
+        assert torch.equal(a, b)
+    bb = create_backbone("tiny_cnn").eval()
+    np.testing.assert_array_equal(extract(bb, samples, eval_transform(48), batch_size=4, progress=False),
+                                  extract(bb, samples, eval_transform(48), batch_size=4, num_workers=1,
+                                          progress=False))
+    bad = tmp_path / "Hand_0000001.jpg"
+    bad.write_bytes(b"not a jpeg")
+    broken = [*samples[:5], Sample(bad, "x", "dorsal")]
+    with pytest.raises(Exception, match="Hand_0000001"):
+        extract(bb, broken, eval_transform(48), batch_size=4, progress=False)
 
 
 def _toy_problem(seed: int = 0):
