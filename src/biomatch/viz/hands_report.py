@@ -137,12 +137,14 @@ COLUMN_HELP = {
 
 
 def plot_aligned_examples(split, path: Path, n_subjects: int = 4, tile: int = 112) -> Path | None:
-    """For a few test subjects: dorsal photo, its canonical crop, palmar photo, its crop
-    (middle finger up, palm scale fixed, thumb left: the dorsal/palmar mirror undone)."""
+    """For a few test subjects: dorsal photo, its canonical crop and parts mosaic, then the same
+    for a palmar photo (middle finger up, palm scale fixed, thumb left: the dorsal/palmar mirror
+    undone; in the mosaic every finger straightened, so the finger spread no longer shows)."""
     from PIL import Image, ImageDraw
 
     from biomatch.data.images import load_image
     from biomatch.hands.landmarks import align_hand, cached_landmarks
+    from biomatch.hands.parts import parts_mosaic
     from biomatch.hands.protocol import HandsSplit
 
     q, g = HandsSplit.queries(split.test), HandsSplit.gallery(split.test)
@@ -156,19 +158,23 @@ def plot_aligned_examples(split, path: Path, n_subjects: int = 4, tile: int = 11
         return None
     flat = [s for pair in pairs for s in pair]
     points, ok = cached_landmarks(flat, progress=False)
-    pad, label_h = 6, 14
-    canvas = Image.new("RGB", (4 * (tile + pad) + pad, len(pairs) * (tile + label_h + pad) + pad + 16), "white")
+    pad, label_h, per_view = 6, 14, 3
+    canvas = Image.new("RGB", (2 * per_view * (tile + pad) + pad, len(pairs) * (tile + label_h + pad) + pad + 16),
+                       "white")
     draw = ImageDraw.Draw(canvas)
-    draw.text((pad, 2), "dorsal photo | aligned crop | palmar photo | aligned crop", fill="black")
+    draw.text((pad, 2), "dorsal photo | aligned crop | parts mosaic | palmar photo | aligned crop | parts mosaic",
+              fill="black")
     for row, (a, b) in enumerate(pairs):
         y = 16 + pad + row * (tile + label_h + pad)
         for col, (s, pts, found) in enumerate(((a, points[2 * row], ok[2 * row]), (b, points[2 * row + 1], ok[2 * row + 1]))):
             img = load_image(s.path)
-            x = pad + 2 * col * (tile + pad)
-            canvas.paste(img.resize((tile, tile)), (x, y))
-            canvas.paste(align_hand(img, pts if found else None).resize((tile, tile)), (x + tile + pad, y))
-            draw.text((x, y + tile + 1), f"{s.view} {s.side}", fill="black")
-            draw.text((x + tile + pad, y + tile + 1), "aligned" if found else "no hand: unaligned", fill="black")
+            x = pad + per_view * col * (tile + pad)
+            views = (img, align_hand(img, pts if found else None), parts_mosaic(img, pts if found else None))
+            labels = (f"{s.view} {s.side}", "aligned" if found else "no hand: unaligned",
+                      "parts" if found else "no hand: photo")
+            for k, (view, label) in enumerate(zip(views, labels)):
+                canvas.paste(view.resize((tile, tile)), (x + k * (tile + pad), y))
+                draw.text((x + k * (tile + pad), y + tile + 1), label, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
@@ -244,9 +250,12 @@ def write_hands_report(results: Sequence[RunResult], out_dir: Path, title: str =
         f"## 10 worst queries ({best.method})", worst_caption, f"![worst]({worst.name})",
     ]
     if aligned is not None:
-        md_parts += ["## Landmark-aligned crops", "MediaPipe hand landmarks → rotate so the middle finger points "
-                     "up, scale by palm length, crop; palmar images are mirrored where needed so the thumb is "
-                     "always on the left (the dorsal/palmar mirror undone).", f"![aligned]({aligned.name})"]
+        md_parts += ["## Landmark-aligned crops and parts mosaics",
+                     ("MediaPipe hand landmarks → rotate so the middle finger points up, scale by palm length, crop; "
+                      "palmar images are mirrored where needed so the thumb is always on the left (the "
+                      "dorsal/palmar mirror undone). The parts mosaic cuts every finger along its own axis "
+                      "(upright, thumb … little finger) above the palm centre, so the finger spread no longer "
+                      "shows."), f"![aligned]({aligned.name})"]
     if run_lines:
         md_parts += ["## Run", "\n".join(run_lines)]
     (out_dir / "report.md").write_text("\n\n".join(md_parts) + "\n")
@@ -258,9 +267,10 @@ def write_hands_report(results: Sequence[RunResult], out_dir: Path, title: str =
     html_rows = "".join(f"<tr>{cells(row)}</tr>" for row in rows)
     hist_rows = "".join(f"<tr>{cells([m, *h.values()])}</tr>" for m, h in hist.items())
     legend_html = "".join(f"<li><b>{esc(h)}</b>: {esc(COLUMN_HELP[h])}</li>" for h in header if h in COLUMN_HELP)
-    aligned_html = (f"<h2>Landmark-aligned crops</h2><p>MediaPipe hand landmarks → middle finger up, palm scale "
-                    f"fixed, thumb on the left (the dorsal/palmar mirror undone).</p><img src=\"{aligned.name}\">"
-                    if aligned is not None else "")
+    aligned_html = (f"<h2>Landmark-aligned crops and parts mosaics</h2><p>MediaPipe hand landmarks → middle finger "
+                    f"up, palm scale fixed, thumb on the left (the dorsal/palmar mirror undone); the parts mosaic "
+                    f"straightens every finger (thumb … little finger) above the palm centre, so the finger spread "
+                    f"no longer shows.</p><img src=\"{aligned.name}\">" if aligned is not None else "")
     run_html = ("<h2>Run</h2><ul>" + "".join(f"<li>{esc(line[2:])}</li>" for line in run_lines) + "</ul>"
                 if run_lines else "")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{esc(title)}</title>
