@@ -20,6 +20,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -211,7 +212,8 @@ def row_kind(name: str) -> str:
         return "separate protocol: uses left/right labels"
     if name.endswith(("_qe", "_krr")):
         return "separate protocol: re-ranks over the whole test set"
-    return f"method {name.split('_')[1].rstrip('0123456789')}"  # hands_e10_p32 is a method (e) variant
+    letters = re.match(r"[a-z]+", name.split("_")[1])  # hands_e10_p32, hands_e10x_parts: method (e) variants
+    return f"method {letters.group(0) if letters else name.split('_')[1]}"
 
 
 def beats(a: dict, b: dict) -> str:

@@ -137,5 +137,6 @@ def test_pooled_sessions_weigh_seeds_by_their_queries(bench):
 
 def test_row_kinds(bench):
     assert bench.row_kind("hands_e10_p32") == "method e"
+    assert bench.row_kind("hands_e10x_parts") == "method e"
     assert bench.row_kind("hands_b_triplet_batch_hard") == "method b"
     assert bench.row_kind("hands_control_e10_bg_fill") == "control, not a method"
