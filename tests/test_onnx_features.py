@@ -55,6 +55,43 @@ def test_onnxruntime_features_do_not_depend_on_batch_size_or_threads(taps_module
     np.testing.assert_array_equal(two_threads, small_batches)
 
 
+def test_feature_jobs_side_by_side_equal_one_at_a_time(taps_module, photos, tmp_path, monkeypatch):
+    """Uncached jobs run two at a time (one ONNX Runtime thread each) and give exactly the
+    features of running them one by one; cached jobs are read, not recomputed; results keep the
+    jobs' order."""
+    import biomatch.embeddings as emb
+    from biomatch.embeddings import FeatureJob, run_feature_jobs
+
+    tf = eval_transform(taps_module.input_size, taps_module.mean, taps_module.std)
+    size = (taps_module.input_size, taps_module.input_size)
+
+    def jobs() -> list[FeatureJob]:
+        wrapper = OrtFeatures(taps_module)
+        return [FeatureJob(wrapper, "lite0", photos, tf, size), FeatureJob(wrapper, "lite0", photos, tf, size, True),
+                FeatureJob(OrtFeatures(taps_module), "lite0", photos[:6], tf, size)]
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = run_feature_jobs(jobs(), tmp_path / "serial", progress=False)
+        torch.set_num_threads(2)
+        side_by_side_jobs = jobs()
+        side_by_side = run_feature_jobs(side_by_side_jobs, tmp_path / "parallel", progress=False)
+    finally:
+        torch.set_num_threads(before)
+    assert [j.backbone.threads for j in side_by_side_jobs] == [1, 1, 1]
+    assert [f.shape[0] for f in side_by_side] == [10, 10, 6]
+    for a, b in zip(serial, side_by_side, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(side_by_side[0], side_by_side[1])  # the mirrored job is its own
+    calls = []
+    monkeypatch.setattr(emb, "extract", lambda *a, **k: calls.append(1))
+    again = run_feature_jobs(jobs(), tmp_path / "parallel", progress=False)
+    assert not calls  # all cached
+    for a, b in zip(again, side_by_side, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_the_runtime_joins_the_cache_key(taps_module, photos, tmp_path, monkeypatch):
     tf = eval_transform(taps_module.input_size, taps_module.mean, taps_module.std)
     monkeypatch.setenv(FEATURE_RUNTIME_ENV, "torch")

@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,13 @@ def cache_key(backbone_name: str, weights_id: str, transform: Callable, samples:
     return h.hexdigest()[:24]
 
 
+def _cache_path(backbone: nn.Module, backbone_name: str, samples: Sequence[Sample], transform: Callable,
+                mirror: bool, cache: Path | None, loader_id: str) -> Path:
+    weights_id = getattr(backbone, "weights_id", "unknown")
+    key = cache_key(backbone_name, weights_id, transform, samples, mirror, extra=loader_id)
+    return feature_cache_path(backbone_name, key, cache)
+
+
 def cached_features(
     backbone: nn.Module, backbone_name: str, samples: Sequence[Sample], transform: Callable,
     mirror: bool = False, batch_size: int = 64, cache: Path | None = None, progress: bool = True,
@@ -131,13 +139,61 @@ def cached_features(
     the cache key)."""
     if loader is not None and not loader_id:
         raise ValueError("a custom loader needs a loader_id for the cache key")
-    weights_id = getattr(backbone, "weights_id", "unknown")
-    key = cache_key(backbone_name, weights_id, transform, samples, mirror, extra=loader_id)
     return disk_cached(
-        feature_cache_path(backbone_name, key, cache), len(samples),
+        _cache_path(backbone, backbone_name, samples, transform, mirror, cache, loader_id), len(samples),
         lambda: extract(backbone, samples, transform, batch_size, mirror=mirror, progress=progress,
                         desc=f"{backbone_name} features{' (mirrored)' if mirror else ''}", loader=loader),
     )
+
+
+@dataclass
+class FeatureJob:
+    """One `cached_features` call, described up front so that several can run side by side.
+    `size` is the (H, W) of the images the transform makes."""
+
+    backbone: nn.Module
+    name: str
+    samples: Sequence[Sample]
+    transform: Callable
+    size: tuple[int, int]
+    mirror: bool = False
+    loader: Callable[[int], Image.Image] | None = None
+    loader_id: str = ""
+
+    def is_cached(self, cache: Path | None) -> bool:
+        return _cache_path(self.backbone, self.name, self.samples, self.transform, self.mirror, cache,
+                           self.loader_id).is_file()
+
+    def run(self, cache: Path | None, progress: bool) -> np.ndarray:
+        return cached_features(self.backbone, self.name, self.samples, self.transform, self.mirror, cache=cache,
+                               progress=progress, loader=self.loader, loader_id=self.loader_id)
+
+
+def run_feature_jobs(jobs: Sequence[FeatureJob], cache: Path | None = None, progress: bool = True) -> list[np.ndarray]:
+    """The features of every job, in order. Where two or more must be computed, run on ONNX
+    Runtime, and torch has two or more threads, they run two at a time, each session on half the
+    threads.
+
+    Why: on a 2-core CPU one EfficientNet-Lite session keeps both cores only partly busy (small
+    batches of small maps, JPEG decoding in between), and two sessions of one thread each finish
+    the same work sooner. ONNX Runtime's outputs do not depend on its thread count
+    (tests/test_onnx_features.py), so the features are the same as one at a time.
+    """
+    from biomatch.models.onnx_features import OrtFeatures
+
+    todo = [j for j in jobs if not j.is_cached(cache)]
+    threads = torch.get_num_threads()
+    width = min(2, len(todo), threads)
+    if width < 2 or not all(isinstance(j.backbone, OrtFeatures) for j in todo):
+        return [j.run(cache, progress) for j in jobs]
+    for j in todo:
+        j.backbone.threads = max(1, threads // width)  # type: ignore[union-attr]
+        j.backbone.prepare(j.size)  # type: ignore[union-attr]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=width) as pool:
+        futures = {id(j): pool.submit(j.run, cache, progress) for j in todo}
+        return [futures[id(j)].result() if id(j) in futures else j.run(cache, progress) for j in jobs]
 
 
 def feature_cache_path(name: str, key: str, cache: Path | None = None) -> Path:

@@ -24,7 +24,7 @@ from biomatch.data.datasets import Sample
 from biomatch.data.pairs import PairBatchSampler
 from biomatch.data.samplers import PKSampler
 from biomatch.data.transforms import AugmentConfig, eval_transform, train_transform
-from biomatch.embeddings import ImageDataset, cached_features, extract
+from biomatch.embeddings import FeatureJob, ImageDataset, extract, run_feature_jobs
 from biomatch.hands.protocol import GALLERY_VIEW, QUERY_VIEW, HandsSplit
 from biomatch.metrics.retrieval import RetrievalRanks, ranks_from_scores, retrieval_ranks, retrieval_summary
 from biomatch.models.backbones import Backbone, create_backbone
@@ -185,6 +185,8 @@ class FeatureBank:
         from biomatch.hands.masking import background_transform
 
         plain, mirrored, self.backbones = [], [], []
+        jobs: list[FeatureJob] = []
+        picks: list[list[slice] | None] = []  # per job: the columns of the union pass this entry reads
         need_mirror = cfg.mirror_gallery or cfg.flip_augment or cfg.tta
         start = time.perf_counter()
         self.landmarks_ok: np.ndarray | None = None  # per ordered sample: was a hand found?
@@ -232,19 +234,15 @@ class FeatureBank:
 
                 loader = PartsLoader(ordered, points)
                 loader_id, key = repr(loader), f"{key}@parts"
-            def pick(feats: np.ndarray) -> torch.Tensor:
-                if slices is not None:
-                    feats = np.concatenate([feats[:, sl] for sl in slices], axis=1)
-                return F.normalize(torch.from_numpy(np.ascontiguousarray(feats)), dim=1)
-
-            plain.append(pick(cached_features(
-                extractor, key, ordered, tf, cache=cache, progress=progress, loader=loader,
-                loader_id=loader_id)))
-            if need_mirror:
-                mirrored.append(pick(cached_features(
-                    extractor, key, ordered, tf, mirror=True, cache=cache, progress=progress, loader=loader,
-                    loader_id=loader_id)))
+            for mirror in (False, True) if need_mirror else (False,):
+                jobs.append(FeatureJob(extractor, key, ordered, tf, (size, size), mirror, loader, loader_id))
+                picks.append(slices)
             self.backbones.append(bb)
+        # every entry's features (two at a time where they must be computed: biomatch.embeddings)
+        for job, slices, feats in zip(jobs, picks, run_feature_jobs(jobs, cache, progress)):
+            if slices is not None:
+                feats = np.concatenate([feats[:, sl] for sl in slices], axis=1)
+            (mirrored if job.mirror else plain).append(F.normalize(torch.from_numpy(np.ascontiguousarray(feats)), dim=1))
         self.seconds = time.perf_counter() - start
         self.dims = [p.shape[1] for p in plain]
         self.plain = torch.cat(plain, 1).numpy()

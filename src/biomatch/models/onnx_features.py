@@ -50,6 +50,12 @@ class OrtFeatures(nn.Module):
             if hasattr(module, attr):
                 setattr(self, attr, getattr(module, attr))
         self._sessions: dict[tuple[int, int], object] = {}
+        self.threads: int | None = None  # intra-op threads of sessions made from now on (None: torch's count)
+
+    def prepare(self, size: tuple[int, int]) -> None:
+        """Export and load the session for images of `size` (H, W) now, e.g. before running
+        several extractors side by side in threads (the ONNX export is not thread-safe)."""
+        self._session(tuple(size))
 
     def _session(self, size: tuple[int, int]):
         """One inference session per image size (H, W); the batch size is free."""
@@ -63,7 +69,7 @@ class OrtFeatures(nn.Module):
                 path = export_onnx(self.module, Path(tmp) / "features.onnx", size, input_name="images",
                                    output_name="features")
                 options = onnxruntime.SessionOptions()
-                options.intra_op_num_threads = torch.get_num_threads()
+                options.intra_op_num_threads = self.threads or torch.get_num_threads()
                 options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # yield the CPU when idle
                 self._sessions[size] = onnxruntime.InferenceSession(str(path), options,
                                                                     providers=["CPUExecutionProvider"])
