@@ -56,9 +56,9 @@ def test_onnxruntime_features_do_not_depend_on_batch_size_or_threads(taps_module
 
 
 def test_feature_jobs_side_by_side_equal_one_at_a_time(taps_module, photos, tmp_path, monkeypatch):
-    """Uncached jobs run two at a time (one ONNX Runtime thread each) and give exactly the
-    features of running them one by one; cached jobs are read, not recomputed; results keep the
-    jobs' order."""
+    """Uncached jobs run in pieces, two at a time (one ONNX Runtime thread each), and give exactly
+    the features of running them one by one; cached jobs are read, not recomputed; results keep
+    the jobs' order; a loader sees the job's own sample indices."""
     import biomatch.embeddings as emb
     from biomatch.embeddings import FeatureJob, run_feature_jobs
 
@@ -67,8 +67,14 @@ def test_feature_jobs_side_by_side_equal_one_at_a_time(taps_module, photos, tmp_
 
     def jobs() -> list[FeatureJob]:
         wrapper = OrtFeatures(taps_module)
+        from biomatch.data.images import load_image
+
+        def swapped(i: int):  # a custom loader: the photo of the next sample
+            return load_image(photos[(i + 1) % len(photos)].path)
+
         return [FeatureJob(wrapper, "lite0", photos, tf, size), FeatureJob(wrapper, "lite0", photos, tf, size, True),
-                FeatureJob(OrtFeatures(taps_module), "lite0", photos[:6], tf, size)]
+                FeatureJob(OrtFeatures(taps_module), "lite0", photos[:7], tf, size),
+                FeatureJob(OrtFeatures(taps_module), "lite0", photos, tf, size, loader=swapped, loader_id="next")]
 
     before = torch.get_num_threads()
     try:
@@ -79,8 +85,9 @@ def test_feature_jobs_side_by_side_equal_one_at_a_time(taps_module, photos, tmp_
         side_by_side = run_feature_jobs(side_by_side_jobs, tmp_path / "parallel", progress=False)
     finally:
         torch.set_num_threads(before)
-    assert [j.backbone.threads for j in side_by_side_jobs] == [1, 1, 1]
-    assert [f.shape[0] for f in side_by_side] == [10, 10, 6]
+    assert [j.backbone.threads for j in side_by_side_jobs] == [1, 1, 1, 1]
+    assert [f.shape[0] for f in side_by_side] == [10, 10, 7, 10]
+    np.testing.assert_array_equal(side_by_side[3], np.roll(side_by_side[0], -1, axis=0))
     for a, b in zip(serial, side_by_side, strict=True):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(side_by_side[0], side_by_side[1])  # the mirrored job is its own

@@ -342,14 +342,18 @@ def cached_geometry(samples: Sequence[Sample], points: np.ndarray, cache: Path |
         h.update(_file_key(s.path).encode() + b"\0")
     path = landmark_cache_path(cache).parent / f"geometry-{h.hexdigest()[:24]}.npy"
 
+    def one(s: Sample, pts: np.ndarray) -> np.ndarray:
+        if not np.isfinite(pts).all():
+            return geometry_features(None)
+        return geometry_features(pts, hand_mask(np.asarray(Image.open(s.path).convert("RGB"))))
+
     def compute() -> np.ndarray:
-        rows = []
-        for s, pts in zip(samples, points):
-            if not np.isfinite(pts).all():
-                rows.append(geometry_features(None))
-                continue
-            mask = hand_mask(np.asarray(Image.open(s.path).convert("RGB")))
-            rows.append(geometry_features(pts, mask))
+        # two threads: decoding and the OpenCV mask release the GIL (a single thread left one of
+        # two cores idle for ~10 s of a cold demo); rows keep the samples' order
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            rows = list(pool.map(one, samples, points))
         return np.stack(rows) if rows else np.zeros((0, len(geometry_names())), np.float32)
 
     return disk_cached(path, len(samples), compute)
