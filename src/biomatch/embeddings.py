@@ -202,14 +202,15 @@ def run_feature_jobs(jobs: Sequence[FeatureJob], cache: Path | None = None, prog
     width = min(2, threads)
     if not todo or width < 2 or not all(isinstance(j.backbone, OrtFeatures) for j in todo):
         return [j.run(cache, progress) for j in jobs]
-    for j in todo:
-        j.backbone.threads = max(1, threads // width)  # type: ignore[union-attr]
-        j.backbone.prepare(j.size)  # type: ignore[union-attr]
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=width) as pool:
         pieces = {}
         for j in todo:
+            # the ONNX export is not thread-safe: each runs here, one after another, while the
+            # workers already extract the jobs exported before it (a cold export takes seconds)
+            j.backbone.threads = max(1, threads // width)  # type: ignore[union-attr]
+            j.backbone.prepare(j.size)  # type: ignore[union-attr]
             cuts = np.linspace(0, len(j.samples), JOB_PIECES + 1).round().astype(int)
             pieces[id(j)] = [pool.submit(j.extract_rows, int(lo), int(hi), progress) for lo, hi in pairwise(cuts)]
         out = []
