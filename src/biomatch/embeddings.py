@@ -123,13 +123,6 @@ def cache_key(backbone_name: str, weights_id: str, transform: Callable, samples:
     return h.hexdigest()[:24]
 
 
-def _cache_path(backbone: nn.Module, backbone_name: str, samples: Sequence[Sample], transform: Callable,
-                mirror: bool, cache: Path | None, loader_id: str) -> Path:
-    weights_id = getattr(backbone, "weights_id", "unknown")
-    key = cache_key(backbone_name, weights_id, transform, samples, mirror, extra=loader_id)
-    return feature_cache_path(backbone_name, key, cache)
-
-
 def cached_features(
     backbone: nn.Module, backbone_name: str, samples: Sequence[Sample], transform: Callable,
     mirror: bool = False, batch_size: int = 64, cache: Path | None = None, progress: bool = True,
@@ -138,47 +131,47 @@ def cached_features(
     """Backbone features of `samples`, computed once and then read from `cache`/features/*.npy.
     A custom `loader` must come with a `loader_id` naming everything it depends on (it joins
     the cache key)."""
-    if loader is not None and not loader_id:
-        raise ValueError("a custom loader needs a loader_id for the cache key")
-    return disk_cached(
-        _cache_path(backbone, backbone_name, samples, transform, mirror, cache, loader_id), len(samples),
-        lambda: extract(backbone, samples, transform, batch_size, mirror=mirror, progress=progress,
-                        desc=f"{backbone_name} features{' (mirrored)' if mirror else ''}", loader=loader),
-    )
+    job = FeatureJob(backbone, backbone_name, samples, transform, None, mirror, loader, loader_id, batch_size)
+    return job.run(cache, progress)
 
 
 @dataclass
 class FeatureJob:
     """One `cached_features` call, described up front so that several can run side by side.
-    `size` is the (H, W) of the images the transform makes."""
+    `size` is the (H, W) of the images the transform makes (needed to run side by side)."""
 
     backbone: nn.Module
     name: str
     samples: Sequence[Sample]
     transform: Callable
-    size: tuple[int, int]
+    size: tuple[int, int] | None = None
     mirror: bool = False
     loader: Callable[[int], Image.Image] | None = None
     loader_id: str = ""
+    batch_size: int = 64
 
     def __post_init__(self) -> None:
         if self.loader is not None and not self.loader_id:
             raise ValueError("a custom loader needs a loader_id for the cache key")
 
     def cache_path(self, cache: Path | None) -> Path:
-        return _cache_path(self.backbone, self.name, self.samples, self.transform, self.mirror, cache, self.loader_id)
+        weights_id = getattr(self.backbone, "weights_id", "unknown")
+        key = cache_key(self.name, weights_id, self.transform, self.samples, self.mirror, extra=self.loader_id)
+        return feature_cache_path(self.name, key, cache)
 
     def run(self, cache: Path | None, progress: bool) -> np.ndarray:
-        return cached_features(self.backbone, self.name, self.samples, self.transform, self.mirror, cache=cache,
-                               progress=progress, loader=self.loader, loader_id=self.loader_id)
+        """The job's features, read from the cache or computed in one piece and stored."""
+        return disk_cached(self.cache_path(cache), len(self.samples),
+                           lambda: self.extract_rows(0, len(self.samples), progress))
 
     def extract_rows(self, lo: int, hi: int, progress: bool) -> np.ndarray:
-        """Features of samples[lo:hi] (not cached: a piece of the job)."""
+        """Features of samples[lo:hi], not cached (the whole job, or a piece of it)."""
         base = self.loader
-        loader = None if base is None else (lambda i: base(i + lo))  # the loader indexes the whole job
-        desc = f"{self.name} features{' (mirrored)' if self.mirror else ''} [{lo}:{hi}]"
-        return extract(self.backbone, self.samples[lo:hi], self.transform, mirror=self.mirror, progress=progress,
-                       desc=desc, loader=loader)
+        loader = base if base is None or lo == 0 else (lambda i: base(i + lo))  # it indexes the whole job
+        piece = f" [{lo}:{hi}]" if (lo, hi) != (0, len(self.samples)) else ""
+        desc = f"{self.name} features{' (mirrored)' if self.mirror else ''}{piece}"
+        return extract(self.backbone, self.samples[lo:hi], self.transform, self.batch_size, mirror=self.mirror,
+                       progress=progress, desc=desc, loader=loader)
 
 
 JOB_PIECES = 2  # each job to compute is split in this many pieces, so that no job runs alone at the end
@@ -200,7 +193,7 @@ def run_feature_jobs(jobs: Sequence[FeatureJob], cache: Path | None = None, prog
     todo = [j for j in jobs if not j.cache_path(cache).is_file() and len(j.samples) >= JOB_PIECES]
     threads = torch.get_num_threads()
     width = min(2, threads)
-    if not todo or width < 2 or not all(isinstance(j.backbone, OrtFeatures) for j in todo):
+    if not todo or width < 2 or not all(isinstance(j.backbone, OrtFeatures) and j.size for j in todo):
         return [j.run(cache, progress) for j in jobs]
     from concurrent.futures import ThreadPoolExecutor
 
@@ -208,9 +201,9 @@ def run_feature_jobs(jobs: Sequence[FeatureJob], cache: Path | None = None, prog
         pieces = {}
         for j in todo:
             # the ONNX export is not thread-safe: each runs here, one after another, while the
-            # workers already extract the jobs exported before it (a cold export takes seconds)
+            # workers already extract the jobs exported before it
             j.backbone.threads = max(1, threads // width)  # type: ignore[union-attr]
-            j.backbone.prepare(j.size)  # type: ignore[union-attr]
+            j.backbone.prepare(j.size)  # type: ignore[union-attr,arg-type]
             cuts = np.linspace(0, len(j.samples), JOB_PIECES + 1).round().astype(int)
             pieces[id(j)] = [pool.submit(j.extract_rows, int(lo), int(hi), progress) for lo, hi in pairwise(cuts)]
         out = []
