@@ -240,6 +240,13 @@ def alignment_matrix(points: np.ndarray, size: int = CROP) -> tuple[np.ndarray, 
     return np.hstack([rot, t[:, None]]).astype(np.float64), mirror
 
 
+def border_colour(rgb: np.ndarray) -> tuple[int, int, int]:
+    """Median colour of the photo's outermost pixels: the fill for whatever a warp takes from
+    outside the photo (the background, in these photos)."""
+    edge = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    return tuple(int(v) for v in np.median(edge, axis=0))  # type: ignore[return-value]
+
+
 def align_hand(image: Image.Image, points: np.ndarray | None, size: int = CROP) -> Image.Image:
     """The canonical crop (`size`², middle finger up, fixed palm scale, thumb left); with no
     landmarks (failure to acquire), the plain image resized — the un-aligned fallback."""
@@ -249,8 +256,7 @@ def align_hand(image: Image.Image, points: np.ndarray | None, size: int = CROP) 
     if points is None or not np.isfinite(points).all():
         return Image.fromarray(rgb).resize((size, size), Image.BILINEAR)
     m, _ = alignment_matrix(points, size)
-    edge = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])  # outside the photo: its border colour
-    fill = tuple(int(v) for v in np.median(edge, axis=0))
+    fill = border_colour(rgb)  # outside the photo: its border colour
     out = cv2.warpAffine(rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                          borderValue=fill)
     return Image.fromarray(out)

@@ -6,14 +6,14 @@ subject photographed with fingers apart in one session and together in another i
 on pose: the top palms of such queries share the query's spread, not its identity. Cutting each
 finger along its own MCP→tip axis removes the spread while keeping each finger's shape, skin and
 knuckle texture. All parts share one scale (the palm length, wrist → middle MCP), so relative
-finger lengths stay visible. Fingers are placed by anatomy (index … little), the thumb side of
+finger lengths stay visible. Fingers are placed by anatomy (thumb … little), the thumb side of
 every strip to the left, so a dorsal and a palmar mosaic of one hand line up although the two
 photos are mirror images.
 
 Layout of the 224² mosaic (pixels): top, five 44×144 strips thumb, index, middle, ring, little
 (MCP → tip upright; the thumb from its CMC); bottom, a 150×80 patch of the palm (or dorsum)
-centre; the rest is the photo's border colour. No landmarks (failure to acquire): the plain image resized, the same
-fallback as `align_hand`.
+centre; the rest is the photo's border colour. No landmarks (failure to acquire): the plain
+image resized, the same fallback as `align_hand`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from biomatch.hands.landmarks import (
     PINKY_MCP,
     WRIST,
     LandmarkViewLoader,
+    border_colour,
     model_version,
 )
 
@@ -80,8 +81,7 @@ def parts_mosaic(image: Image.Image, points: np.ndarray | None) -> Image.Image:
     if palm < 1e-6:
         return Image.fromarray(rgb).resize((MOSAIC, MOSAIC), Image.BILINEAR)
     thumb_side = p[INDEX_MCP] - p[PINKY_MCP]
-    edge = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    fill = tuple(int(c) for c in np.median(edge, axis=0))
+    fill = border_colour(rgb)
     out = np.empty((MOSAIC, MOSAIC, 3), np.uint8)
     out[:] = fill
     h_in = STRIP_SPAN * palm
