@@ -61,6 +61,9 @@ def test_results_are_written_per_seed_with_role_and_commit(bench, tmp_path, monk
     assert [p["seed"] for p in rec["per_seed"]] == [0, 1]
     assert all(p["commit"] and len(p["worst_queries"]) == 10 for p in rec["per_seed"])
     assert sum(rec["per_seed"][0]["rank_histogram"].values()) == rec["per_seed"][0]["n_queries"]
+    # subjects counted once can only move the true subject up: 1 <= identity mean rank <= mean rank
+    assert all(1 <= p["identity_mean_rank"] <= p["mean_rank"] for p in rec["per_seed"])
+    assert any(p["identity_mean_rank"] < p["mean_rank"] for p in rec["per_seed"])
     # the mean over seeds is the mean of the per-seed values actually stored
     assert rec["metrics"]["recall@1"]["mean"] == pytest.approx(np.mean([p["recall@1"] for p in rec["per_seed"]]))
     # resume keeps the finished seeds and runs only the rest

@@ -196,3 +196,23 @@ def test_clear_errors():
         retrieval_ranks(np.zeros((1, 4)), np.zeros((2, 3)), ["a"], ["a", "b"])
     with pytest.raises(InputError, match="unknown metric"):
         retrieval_ranks(np.ones((1, 4)), np.ones((1, 4)), ["a"], ["a"], metric="cityblock")
+
+
+def test_identity_first_ranks_match_a_slow_loop_with_ties():
+    """Each gallery identity counts once, at its best item; ties count against the query."""
+    from biomatch.metrics.retrieval import identity_first_ranks
+
+    rng = np.random.default_rng(3)
+    gallery = rng.integers(0, 7, 60).astype(str)
+    queries = rng.choice(np.unique(gallery), 25)
+    scores = rng.integers(0, 12, (25, 60)).astype(float)  # coarse scores: many ties
+    got = identity_first_ranks(scores, queries, gallery)
+    for i, q in enumerate(queries):
+        best = {g: max(scores[i, j] for j in range(60) if gallery[j] == g) for g in set(gallery)}
+        assert got[i] == sum(1 for v in best.values() if v >= best[q])
+    item_ranks = ranks_from_scores(scores, queries, gallery).first_rank
+    assert np.all(got <= item_ranks) and np.any(got < item_ranks)
+    with pytest.raises(InputError, match="no item in the gallery"):
+        identity_first_ranks(scores[:1], ["zz"], gallery)
+    with pytest.raises(InputError, match=r"\(1, 60\)"):
+        identity_first_ranks(scores[:2], ["1"], gallery)

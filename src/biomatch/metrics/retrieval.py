@@ -189,6 +189,34 @@ def _ranks_chunk_loop(block, q: torch.Tensor, g: torch.Tensor, nq: int, ng: int,
     return RetrievalRanks(first, ap, ng)
 
 
+def identity_first_ranks(scores: np.ndarray, query_labels: Sequence, gallery_labels: Sequence) -> np.ndarray:
+    """1-based rank of each query's own identity when every gallery identity counts once, at its
+    best-scoring item (ties pessimistic, as in `ranks_from_scores`).
+
+    Why: the first-correct rank over gallery *items* counts every item of every impostor identity
+    that scores above the true one; with ~5 palms per subject, one look-alike subject can add 5.
+    Reading both ranks side by side tells how much of a mean rank is duplicated impostors.
+
+    >>> s = np.array([[0.9, 0.8, 0.7, 0.6]])  # impostor b's two items beat a's best
+    >>> ranks_from_scores(s, ["a"], ["b", "b", "a", "a"]).first_rank.tolist(), identity_first_ranks(s, ["a"], ["b", "b", "a", "a"]).tolist()
+    ([3], [2])
+    """
+    s = np.asarray(scores, np.float64)
+    q, g = np.asarray(query_labels), np.asarray(gallery_labels)
+    if s.ndim != 2 or s.shape != (len(q), len(g)):
+        raise InputError(f"scores must be (n_queries, n_gallery) = ({len(q)}, {len(g)}), got {s.shape}")
+    if np.isnan(s).any():
+        raise InputError("scores contain NaN: cannot rank them")
+    ids, inverse = np.unique(g, return_inverse=True)
+    best = np.full((len(q), len(ids)), -np.inf)
+    np.maximum.at(best.T, inverse, s.T)  # (identities, queries): max over each identity's items
+    own = np.searchsorted(ids, q)
+    if np.any(own >= len(ids)) or np.any(ids[np.minimum(own, len(ids) - 1)] != q):
+        raise InputError("a query's identity has no item in the gallery")
+    true = best[np.arange(len(q)), own]
+    return (best >= true[:, None]).sum(1)  # identities at or above the own one, itself included
+
+
 def recall_at_k(first_rank: np.ndarray, k: int) -> float:
     """Fraction of queries whose first correct item is within the top k (= CMC@k)."""
     return float(np.mean(np.asarray(first_rank) <= k))
