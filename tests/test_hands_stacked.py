@@ -96,3 +96,29 @@ def test_parallel_stacked_training_is_bit_identical_to_one_stack():
     for a, b in zip(heads, together):
         for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(x, y), name
+
+
+def test_foreach_adamw_gives_the_weights_of_the_default_adamw(monkeypatch):
+    """fit_stacked steps AdamW with foreach=True for speed; the trained heads are bit-identical to
+    the default single-tensor AdamW's, so no benchmark row changes with it."""
+    from biomatch.training import torch_threads
+
+    heads, feats, samplers, labels, views = _toy_heads()
+    cfg = TrainConfig(epochs=3, lr=1e-2, seed=0, weight_decay=1e-3)
+    objective = make_objective("cross_view", margin=0.1)
+    default = [copy.deepcopy(h) for h in heads]
+    seen = []
+    adamw = torch.optim.AdamW
+
+    def single_tensor(*args, **kw):
+        seen.append(kw.pop("foreach", None))
+        return adamw(*args, **kw, foreach=False)
+
+    with torch_threads(1):
+        fit_stacked(heads, feats, samplers(), labels, views, objective, cfg)
+        monkeypatch.setattr(torch.optim, "AdamW", single_tensor)
+        fit_stacked(default, feats, samplers(), labels, views, objective, cfg)
+    assert seen == [True]
+    for a, b in zip(heads, default):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), name

@@ -62,7 +62,9 @@ def fit_stacked(heads: Sequence[ProjectionHead], inputs: Sequence[torch.Tensor],
             bn.running_mean[sl], bn.running_var[sl] = norm.running_mean, norm.running_var
             bn.momentum, bn.eps = norm.momentum, norm.eps
     params = [nn.Parameter(t) for t in (w1, b1, w2, b2)]
-    opt = torch.optim.AdamW(params + list(bn.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # foreach: the same update arithmetic as the default single-tensor AdamW, bit for bit (tested),
+    # ~1.5× faster here, where the optimizer step over the stacked weights costs more than the model
+    opt = torch.optim.AdamW(params + list(bn.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     base_lr = cfg.lr
     histories = [History() for _ in heads]
     normalize = heads[0].normalize
