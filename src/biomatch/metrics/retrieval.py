@@ -197,8 +197,8 @@ def identity_first_ranks(scores: np.ndarray, query_labels: Sequence, gallery_lab
     that scores above the true one; with ~5 palms per subject, one look-alike subject can add 5.
     Reading both ranks side by side tells how much of a mean rank is duplicated impostors.
 
-    >>> s = np.array([[0.9, 0.8, 0.7, 0.6]])  # impostor b's two items beat a's best
-    >>> ranks_from_scores(s, ["a"], ["b", "b", "a", "a"]).first_rank.tolist(), identity_first_ranks(s, ["a"], ["b", "b", "a", "a"]).tolist()
+    >>> s, gallery = np.array([[0.9, 0.8, 0.7, 0.6]]), ["b", "b", "a", "a"]  # b's two items beat a's best
+    >>> ranks_from_scores(s, ["a"], gallery).first_rank.tolist(), identity_first_ranks(s, ["a"], gallery).tolist()
     ([3], [2])
     """
     s = np.asarray(scores, np.float64)
