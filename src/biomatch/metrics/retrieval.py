@@ -202,18 +202,19 @@ def identity_first_ranks(scores: np.ndarray, query_labels: Sequence, gallery_lab
     ([3], [2])
     """
     s = np.asarray(scores, np.float64)
-    q, g = np.asarray(query_labels), np.asarray(gallery_labels)
-    if s.ndim != 2 or s.shape != (len(q), len(g)):
-        raise InputError(f"scores must be (n_queries, n_gallery) = ({len(q)}, {len(g)}), got {s.shape}")
+    if s.ndim != 2 or s.shape != (len(query_labels), len(gallery_labels)):
+        raise InputError(f"scores must be (n_queries, n_gallery) = ({len(query_labels)}, "
+                         f"{len(gallery_labels)}), got {s.shape}")
     if np.isnan(s).any():
         raise InputError("scores contain NaN: cannot rank them")
-    ids, inverse = np.unique(g, return_inverse=True)
-    best = np.full((len(q), len(ids)), -np.inf)
-    np.maximum.at(best.T, inverse, s.T)  # (identities, queries): max over each identity's items
-    own = np.searchsorted(ids, q)
-    if np.any(own >= len(ids)) or np.any(ids[np.minimum(own, len(ids) - 1)] != q):
+    q, g = (t.numpy() for t in _encode_labels(query_labels, gallery_labels))
+    in_gallery = np.zeros(int(max(q.max(initial=0), g.max(initial=0))) + 1, bool)
+    in_gallery[g] = True
+    if not in_gallery[q].all():
         raise InputError("a query's identity has no item in the gallery")
-    true = best[np.arange(len(q)), own]
+    best = np.full((s.shape[0], in_gallery.size), -np.inf)
+    np.maximum.at(best.T, g, s.T)  # (identities, queries): max over each identity's items
+    true = best[np.arange(len(q)), q]
     return (best >= true[:, None]).sum(1)  # identities at or above the own one, itself included
 
 
