@@ -9,7 +9,8 @@ import pytest
 
 MODULES = ["biomatch.hands.scoring", "biomatch.metrics.retrieval", "biomatch.metrics.verification",
            "biomatch.metrics.score_files", "biomatch.matching.distances", "biomatch.matching.rsm", "biomatch.losses",
-           "biomatch.hands.sessions", "biomatch.hands.xqda", "biomatch.hands.parts"]
+           "biomatch.hands.sessions", "biomatch.hands.xqda", "biomatch.hands.parts",
+           "biomatch.data.samplers"]
 
 
 @pytest.mark.parametrize("name", MODULES)

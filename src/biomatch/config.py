@@ -33,7 +33,12 @@ class MethodConfig(BaseModel):
     loss: str = "triplet"
     miner: str = "batch_hard"
     margin: float | None = None
-    sampler: Literal["pk", "pk_view", "pairs"] = "pk"
+    sampler: Literal["pk", "pk_view", "pk_view_lookalike", "pairs"] = "pk"
+    # pk_view_lookalike (biomatch.data.samplers.LookalikePKSampler, frozen heads only): each batch is
+    # p // lookalike_group anchors, each with lookalike_group - 1 identities drawn from its lookalike_top
+    # nearest by the head's frozen input features (dorsal mean vs palmar mean).
+    lookalike_group: int = Field(default=4, ge=1)
+    lookalike_top: int = Field(default=8, ge=1)
     p: int = Field(default=16, ge=2)
     k: int = Field(default=4, ge=1)
     pairs_per_batch: int = Field(default=64, ge=1)

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from biomatch.config import MethodConfig
 from biomatch.data.datasets import Sample
 from biomatch.data.pairs import PairBatchSampler
-from biomatch.data.samplers import PKSampler
+from biomatch.data.samplers import LookalikePKSampler, PKSampler, cross_view_neighbours
 from biomatch.data.transforms import AugmentConfig, eval_transform, train_transform
 from biomatch.embeddings import FeatureJob, ImageDataset, extract, run_feature_jobs
 from biomatch.hands.protocol import GALLERY_VIEW, QUERY_VIEW, HandsSplit
@@ -290,7 +290,10 @@ def head_embed(head: nn.Module, canon: np.ndarray, alt: np.ndarray | None, tta: 
         return F.normalize(z, dim=1).numpy()
 
 
-def _make_sampler(cfg: MethodConfig, samples: Sequence[Sample], labels: list[int], seed: int):
+def _make_sampler(cfg: MethodConfig, samples: Sequence[Sample], labels: list[int], seed: int,
+                  neighbours: dict[int, list[int]] | None = None):
+    """The training batch sampler `cfg.sampler` names; `neighbours` (identity → look-alike
+    identities, `lookalike_neighbours`) is needed by pk_view_lookalike only."""
     views = [s.view for s in samples]
     n_ids = len(set(labels))
     if cfg.sampler == "pairs":
@@ -298,8 +301,28 @@ def _make_sampler(cfg: MethodConfig, samples: Sequence[Sample], labels: list[int
         return PairBatchSampler(labels, cfg.pairs_per_batch, per_epoch, seed, views, (QUERY_VIEW, GALLERY_VIEW))
     p = min(cfg.p, n_ids)
     per_epoch = cfg.batches_per_epoch or max(1, len(samples) // (p * cfg.k))
+    if cfg.sampler == "pk_view_lookalike":
+        if neighbours is None:
+            from biomatch.errors import InputError
+
+            raise InputError("sampler pk_view_lookalike needs frozen features for its neighbour table (mode: frozen)")
+        return LookalikePKSampler(labels, p, cfg.k, neighbours, cfg.lookalike_group, cfg.lookalike_top, views=views,
+                                  view_aware=True, batches_per_epoch=per_epoch, seed=seed,
+                                  view_pair=(QUERY_VIEW, GALLERY_VIEW))
     return PKSampler(labels, p, cfg.k, views, view_aware=cfg.sampler == "pk_view", batches_per_epoch=per_epoch,
                      seed=seed, view_pair=(QUERY_VIEW, GALLERY_VIEW))
+
+
+def lookalike_tables(cfg: MethodConfig, canon: np.ndarray, bounds: np.ndarray, labels: Sequence[int],
+                     samples: Sequence[Sample]) -> list[dict[int, list[int]] | None]:
+    """Per backbone block: each training identity's look-alikes by that block's frozen features
+    (None for every block unless `cfg.sampler` is pk_view_lookalike)."""
+    n_blocks = len(bounds) - 1
+    if cfg.sampler != "pk_view_lookalike":
+        return [None] * n_blocks
+    views = [s.view for s in samples]
+    return [cross_view_neighbours(canon[:, lo:hi], labels, views, (QUERY_VIEW, GALLERY_VIEW), cfg.lookalike_top)
+            for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
 def _objective(cfg: MethodConfig, n_classes: int) -> nn.Module:
@@ -462,7 +485,8 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
             seeds = [split.seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE for b, j, _ in leaves]
             canon_t = torch.from_numpy(canon)
             inputs = [canon_t[:, bounds[b]:bounds[b + 1]] for b, _, _ in leaves]
-            samplers = [_make_sampler(cfg, train, labels, seed) for seed in seeds]
+            tables = lookalike_tables(cfg, canon, bounds, labels, train)
+            samplers = [_make_sampler(cfg, train, labels, seed, tables[b]) for seed, (b, _, _) in zip(seeds, leaves)]
             loud = progress and not sys.stderr.isatty()
             histories = fit_stacked_parallel([leaf for _, _, leaf in leaves], inputs, samplers,
                                              torch.as_tensor(labels), torch.as_tensor(_views(train)), objective,
@@ -472,6 +496,7 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
             leaves_to_fit = []
         else:
             leaves_to_fit = leaves
+            tables = lookalike_tables(cfg, canon, bounds, labels, train)
         for b, j, leaf in leaves_to_fit:
             seed = split.seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE
             lo, hi = bounds[b], bounds[b + 1]
@@ -479,7 +504,7 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
                                      None if alt is None else np.ascontiguousarray(alt[:, lo:hi]),
                                      labels, _views(train), cfg.flip_augment, seed)
             # validation embeds through the whole structure, so only a lone head validates
-            head_history = fit(leaf, dataset, _make_sampler(cfg, train, labels, seed), objective,
+            head_history = fit(leaf, dataset, _make_sampler(cfg, train, labels, seed, tables[b]), objective,
                                TrainConfig(**{**tcfg.__dict__, "epochs": head_epochs, "seed": seed}),
                                validate if needs_val else None,
                                checkpoint=checkpoint if single else None,
