@@ -77,7 +77,7 @@ def _table_sampler(group=4, top=3, seed=1):
 
 
 def test_lookalike_batches_are_groups_of_neighbours():
-    labels, views, table, sampler = _table_sampler()
+    labels, views, _, sampler = _table_sampler()
     batches = list(sampler)
     assert len(batches) == 6
     seen = set()
