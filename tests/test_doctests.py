@@ -10,7 +10,7 @@ import pytest
 MODULES = ["biomatch.hands.scoring", "biomatch.metrics.retrieval", "biomatch.metrics.verification",
            "biomatch.metrics.score_files", "biomatch.matching.distances", "biomatch.matching.rsm", "biomatch.losses",
            "biomatch.hands.sessions", "biomatch.hands.xqda", "biomatch.hands.parts",
-           "biomatch.data.samplers"]
+           "biomatch.data.samplers", "biomatch.hands.features"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -81,6 +81,36 @@ def test_whitening_and_zscore():
         fit_whitening(x[:1], 2)
 
 
+def test_wide_features_whiten_by_the_gram_route_like_the_svd():
+    """More columns than rows takes the n×n Gram eigenproblem: the same whitened coordinates as
+    the SVD (up to the sign of each direction), so XQDA distances are unchanged."""
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(40, 90)) @ rng.normal(size=(90, 90))
+    wide = fit_whitening(x, 12)  # 90 columns > 40 rows: the Gram route
+    centred = x - x.mean(0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    ref = centred @ (vt[:12].T / (s[:12] / np.sqrt(40)))
+    got = wide(x)
+    signs = np.sign((got * ref).sum(0))
+    np.testing.assert_allclose(got * signs, ref, atol=1e-8)
+    assert np.allclose(np.cov(got.T, bias=True), np.eye(12), atol=1e-9)
+    ids = [f"s{i // 4}" for i in range(40)]  # 10 subjects, two items of each view
+    is_gallery = np.arange(40) % 2 == 0
+    q, g = x[~is_gallery][:6], x[is_gallery][:7]
+    via_gram = xqda_block_scores(x, ids, is_gallery, q, g, [90], 12, 0.1)
+    # the same scores with the SVD's whitening in its place
+    from biomatch.hands import xqda as module
+
+    svd_whitening = module.Whitening(x.mean(0), vt[:12].T / (s[:12] / np.sqrt(40)))
+    original = module.fit_whitening
+    try:
+        module.fit_whitening = lambda data, dims: svd_whitening
+        via_svd = xqda_block_scores(x, ids, is_gallery, q, g, [90], 12, 0.1)
+    finally:
+        module.fit_whitening = original
+    np.testing.assert_allclose(via_gram, via_svd, atol=1e-8)
+
+
 def test_bad_inputs_are_named():
     g = np.zeros((2, 3))
     with pytest.raises(ValueError, match="same-subject and different-subject"):

@@ -98,6 +98,9 @@ class MethodConfig(BaseModel):
     xqda_weight: float = Field(default=0.0, ge=0)
     xqda_pca: int = Field(default=128, ge=1)
     xqda_lambda: float = Field(default=0.01, ge=0)
+    # Extra taps that XQDA reads beside `taps` (e.g. "3:cov", channel covariances) and the heads do
+    # not: computed in the same backbone pass, cached with the head taps (frozen mode, no mirroring).
+    xqda_taps: list[str] = Field(default_factory=list)
     # What the tuning seeds said about this variant (shown in BENCHMARKS.md beside its row).
     verdict: str = ""
 
@@ -121,7 +124,18 @@ class MethodConfig(BaseModel):
             raise ValueError("cohort_k and rerank both re-score the gallery: use one")
         return self
 
-    @field_validator("taps")
+    @model_validator(mode="after")
+    def _xqda_taps_need_xqda(self) -> MethodConfig:
+        if self.xqda_taps:
+            if not (self.taps and self.xqda_weight > 0 and self.mode == "frozen"):
+                raise ValueError("xqda_taps needs taps, xqda_weight > 0 and mode: frozen")
+            if self.mirror_gallery or self.flip_augment or self.tta:
+                raise ValueError("xqda_taps does not support mirror_gallery, flip_augment or tta")
+            if set(self.xqda_taps) & set(self.taps):
+                raise ValueError(f"xqda_taps repeats taps the heads read: {sorted(set(self.xqda_taps) & set(self.taps))}")
+        return self
+
+    @field_validator("taps", "xqda_taps")
     @classmethod
     def _check_taps(cls, taps: list[str]) -> list[str]:
         from biomatch.hands.features import parse_tap

@@ -9,8 +9,9 @@ the photo session's lighting. A tap is `"<stage>:<pool>"`:
 - stage: `1`…`7` (the end of EfficientNet stage n; stage 2 of Lite0 is 24 channels at
   stride 4, stage 3 40 ch at stride 8, stage 4 80 ch and stage 5 112 ch at stride 16) or
   `head` (the final 1×1 conv map, what `Backbone.forward` pools);
-- pool: `avg`, `std` (per-channel spatial standard deviation), `gem` or `gridN` (N×N
-  layout-keeping average pooling).
+- pool: `avg`, `std` (per-channel spatial standard deviation), `gem`, `gridN` (N×N
+  layout-keeping average pooling) or `cov` (the channel covariance, second-order "style":
+  which channels vary together over the hand, see `cov_pool`).
 
 Each tap's vector is L2-normalized before concatenation, so a 24-d colour-like tap weighs as
 much as a 1280-d one.
@@ -27,7 +28,7 @@ from torch import nn
 
 from biomatch.errors import InputError
 
-POOLS = ("avg", "std", "gem")
+POOLS = ("avg", "std", "gem", "cov")
 
 
 def parse_tap(tap: str) -> tuple[str, str]:
@@ -37,7 +38,7 @@ def parse_tap(tap: str) -> tuple[str, str]:
     ok_stage = stage == "head" or (stage.isdigit() and 1 <= int(stage) <= 7)
     ok_pool = pool in POOLS or (pool.startswith("grid") and pool[4:].isdigit() and int(pool[4:]) >= 1)
     if not (ok_stage and ok_pool):
-        raise InputError(f"bad tap {tap!r}: use '<stage 1-7 or head>:<avg|std|gem|gridN>'")
+        raise InputError(f"bad tap {tap!r}: use '<stage 1-7 or head>:<avg|std|gem|cov|gridN>'")
     return stage, pool
 
 
@@ -54,7 +55,31 @@ def pool_map(x: torch.Tensor, pool: str) -> torch.Tensor:
         return x.flatten(2).std(dim=2)
     if pool == "gem":
         return x.clamp(min=1e-6).pow(3).mean(dim=(-2, -1)).pow(1 / 3)
+    if pool == "cov":
+        return cov_pool(x)
     return grid_pool(x, int(pool[4:]))
+
+
+def cov_pool(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) → (B, C·(C+1)/2): the upper triangle (row-major, diagonal included) of the
+    channel covariance over the H·W positions, signed-square-rooted.
+
+    Why: mean and std per channel (the `avg`/`std` taps) are first-order statistics of each
+    channel alone; skin texture and lighting also show in which channels vary *together* (the
+    Gram matrix of style transfer; bilinear pooling). The signed square root is the usual
+    normalization of second-order pooling (it evens out a few dominant entries).
+
+    >>> x = torch.tensor([[[[1.0, 3.0]], [[2.0, 2.0]]]])  # 2 channels, 1×2 positions
+    >>> cov_pool(x).tolist()  # var(ch0) = 1, cov = 0, var(ch1) = 0
+    [[1.0, 0.0, 0.0]]
+    """
+    c = int(x.shape[1])  # channels are fixed by the network; the batch stays symbolic for ONNX export
+    flat = x.flatten(2)
+    flat = flat - flat.mean(dim=2, keepdim=True)
+    cov = flat @ flat.transpose(1, 2) / flat.shape[2]
+    rows, cols = torch.triu_indices(c, c)
+    upper = cov[:, rows, cols]
+    return torch.sign(upper) * upper.abs().sqrt()
 
 
 def grid_pool(x: torch.Tensor, n: int) -> torch.Tensor:
@@ -106,7 +131,7 @@ class TapFeatures(nn.Module):
         for stage, pool in self.taps:
             ch = body._conv_head.out_channels if stage == "head" else \
                 body._blocks[self.block_of[stage]]._project_conv.out_channels
-            out.append(ch * (int(pool[4:]) ** 2 if pool.startswith("grid") else 1))
+            out.append(ch * (ch + 1) // 2 if pool == "cov" else ch * (int(pool[4:]) ** 2 if pool.startswith("grid") else 1))
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -187,6 +187,8 @@ class FeatureBank:
         plain, mirrored, self.backbones = [], [], []
         jobs: list[FeatureJob] = []
         picks: list[list[slice] | None] = []  # per job: the columns of the union pass this entry reads
+        head_widths: list[int | None] = []  # per job: with xqda_taps, the columns the heads read (the first)
+        xqda_plain: list[torch.Tensor] = []
         need_mirror = cfg.mirror_gallery or cfg.flip_augment or cfg.tta
         start = time.perf_counter()
         self.landmarks_ok: np.ndarray | None = None  # per ordered sample: was a hand found?
@@ -205,8 +207,16 @@ class FeatureBank:
             tf = background_transform(cfg.background, tuple(cfg.background_color),
                                       eval_transform(size, bb.mean, bb.std))
             extractor, key = feature_extractor(cfg, name, bb)
+            head_width = None
+            if cfg.xqda_taps:  # one pass for the heads' taps and XQDA's extra taps, sliced apart below
+                from biomatch.hands.features import TapFeatures, taps_id
+
+                every = [*cfg.taps, *cfg.xqda_taps]
+                extractor, key = TapFeatures(bb, every), f"{name}@taps-{taps_id(every)}"
+                head_width = sum(extractor.tap_dims()[: len(cfg.taps)])
             extractor = on_runtime(extractor, device)  # ONNX Runtime on the CPU (biomatch.models.onnx_features)
-            union = _union_extractor(cfg, bb) if not variant else None  # aligned crops serve only this entry
+            # aligned crops serve only this entry; the shared pass has no XQDA-only taps
+            union = _union_extractor(cfg, bb) if not variant and not cfg.xqda_taps else None
             if union is not None:
                 from biomatch.hands.features import UNION_TAPS, taps_id, union_slices
 
@@ -237,17 +247,23 @@ class FeatureBank:
             for mirror in (False, True) if need_mirror else (False,):
                 jobs.append(FeatureJob(extractor, key, ordered, tf, (size, size), mirror, loader, loader_id))
                 picks.append(slices)
+                head_widths.append(head_width)
             self.backbones.append(bb)
         # every entry's features (two at a time where they must be computed: biomatch.embeddings)
-        for job, slices, feats in zip(jobs, picks, run_feature_jobs(jobs, cache, progress)):
+        for job, slices, width, feats in zip(jobs, picks, head_widths, run_feature_jobs(jobs, cache, progress)):
             if slices is not None:
                 feats = np.concatenate([feats[:, sl] for sl in slices], axis=1)
+            if width is not None:  # XQDA reads every tap, the heads the first `width` columns (as without xqda_taps)
+                xqda_plain.append(F.normalize(torch.from_numpy(np.ascontiguousarray(feats)), dim=1))
+                feats = feats[:, :width]
             (mirrored if job.mirror else plain).append(F.normalize(torch.from_numpy(np.ascontiguousarray(feats)), dim=1))
         self.seconds = time.perf_counter() - start
         self.dims = [p.shape[1] for p in plain]
         self.plain = torch.cat(plain, 1).numpy()
         self.mirrored = torch.cat(mirrored, 1).numpy() if mirrored else None
         self.mirror_gallery = cfg.mirror_gallery
+        self.xqda_plain = torch.cat(xqda_plain, 1).numpy() if xqda_plain else None
+        self.xqda_dims = [p.shape[1] for p in xqda_plain]
 
     @property
     def dim(self) -> int:
@@ -264,6 +280,13 @@ class FeatureBank:
         if self.geometry is None:
             raise ValueError("no geometry features: set geometry_weight > 0")
         return self.geometry[[self.index[s.path] for s in samples]]
+
+    def xqda_features(self, samples: Sequence[Sample]) -> tuple[np.ndarray, list[int]]:
+        """(features XQDA reads, their width per backbone): the heads' features, or with
+        `xqda_taps` those taps and the extra ones (each backbone's block L2-normalized)."""
+        if self.xqda_plain is None:
+            return self.canonical(samples)[0], self.dims
+        return self.xqda_plain[[self.index[s.path] for s in samples]], self.xqda_dims
 
     def canonical(self, samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray | None]:
         """(features as fed to the head, features of the mirrored image) for these samples."""
@@ -576,9 +599,9 @@ def _fuse_xqda(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], qu
     the heads alone and XQDA alone go to `extra` (a free ablation, like the geometry sweep)."""
     from biomatch.hands.xqda import row_zscore, xqda_block_scores
 
-    features = [bank.canonical(s)[0] for s in (train, queries, gallery)]
-    xq = xqda_block_scores(features[0], [s.identity for s in train], np.array([s.view == GALLERY_VIEW for s in train]),
-                           features[1], features[2], bank.dims, cfg.xqda_pca, cfg.xqda_lambda)
+    (tr, dims), (qf, _), (gf, _) = (bank.xqda_features(s) for s in (train, queries, gallery))
+    xq = xqda_block_scores(tr, [s.identity for s in train], np.array([s.view == GALLERY_VIEW for s in train]),
+                           qf, gf, dims, cfg.xqda_pca, cfg.xqda_lambda)
     for name, s in (("heads", scores), ("xqda", xq)):
         r = retrieval_summary(ranks_from_scores(s, q_ids, g_ids))
         extra[f"{name}:recall@1"], extra[f"{name}:mean_rank"] = r["recall@1"], r["mean_rank"]

@@ -43,10 +43,21 @@ def fit_whitening(x: np.ndarray, dims: int) -> Whitening:
     if dims < 1:
         raise ValueError(f"whitening dims must be >= 1, got {dims}")
     mean = x.mean(0)
-    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    std = s / np.sqrt(x.shape[0])
-    keep = min(dims, int((std > 1e-12 * max(std[0], 1e-300)).sum()))
-    return Whitening(mean, vt[:keep].T / std[:keep])
+    centred = x - mean
+    n, d = centred.shape
+    if d > n:  # wide features (e.g. covariance taps): the n×n Gram matrix's eigenvectors, ~2-3× faster
+        evals, u = np.linalg.eigh(centred @ centred.T)  # ascending
+        evals, u = np.clip(evals[::-1], 0, None), u[:, ::-1]
+        s = np.sqrt(evals)
+        # the Gram route squares the condition number: keep directions well above its float noise
+        keep = min(dims, int((s > 1e-6 * max(s[0], 1e-300)).sum()))
+        directions = centred.T @ (u[:, :keep] / s[:keep])  # (d, keep), orthonormal: the SVD's right vectors
+    else:
+        _, s, vt = np.linalg.svd(centred, full_matrices=False)
+        keep = min(dims, int((s > 1e-12 * max(s[0], 1e-300)).sum()))
+        directions = vt[:keep].T
+    std = s[:keep] / np.sqrt(n)
+    return Whitening(mean, directions / std)
 
 
 def cross_view_covariances(gallery: np.ndarray, queries: np.ndarray, gallery_ids: Sequence[str],

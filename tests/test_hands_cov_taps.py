@@ -1,0 +1,92 @@
+"""Channel-covariance taps (`"<stage>:cov"`) and the XQDA-only taps that use them (`xqda_taps`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from biomatch.config import MethodConfig
+from biomatch.data.transforms import eval_transform
+from biomatch.embeddings import extract
+from biomatch.hands.features import TapFeatures, cov_pool
+from biomatch.models.backbones import create_backbone
+from biomatch.models.onnx_features import OrtFeatures
+
+
+def test_cov_pool_matches_numpy_covariance():
+    x = torch.randn(3, 5, 4, 6, dtype=torch.float64)
+    got = cov_pool(x).numpy()
+    rows, cols = np.triu_indices(5)
+    for b in range(3):
+        cov = np.cov(x[b].reshape(5, -1).numpy(), bias=True)  # population covariance over positions
+        upper = cov[rows, cols]
+        np.testing.assert_allclose(got[b], np.sign(upper) * np.sqrt(np.abs(upper)), atol=1e-12)
+    assert got.shape == (3, 15)
+
+
+def test_cov_taps_widths_and_per_tap_norm():
+    bb = create_backbone("efficientnet_lite0", pretrained=False, seed=1).eval()
+    module = TapFeatures(bb, ["2:avg", "2:cov", "3:cov"]).eval()
+    assert module.tap_dims() == [24, 24 * 25 // 2, 40 * 41 // 2]
+    with torch.no_grad():
+        out = module(torch.randn(2, 3, 96, 96))
+    assert out.shape == (2, sum(module.tap_dims()))
+    bounds = np.cumsum([0, *module.tap_dims()])
+    for lo, hi in zip(bounds[:-1], bounds[1:]):  # each tap's vector is L2-normalized, as for the other pools
+        torch.testing.assert_close(out[:, lo:hi].norm(dim=1), torch.ones(2))
+
+
+def test_cov_taps_on_onnxruntime_match_pytorch_at_any_batch_size(hands_samples):
+    """The exported graph keeps the batch symbolic (a fixed reshape once broke batches other than
+    the traced one)."""
+    photos = sorted(hands_samples, key=lambda s: str(s.path))[:5]
+    module = TapFeatures(create_backbone("efficientnet_lite0"), ["2:std", "3:cov"]).eval()
+    tf = eval_transform(module.input_size, module.mean, module.std)
+    ref = extract(module, photos, tf, batch_size=5, progress=False)
+    ort = OrtFeatures(module)
+    for batch in (5, 2):
+        np.testing.assert_allclose(extract(ort, photos, tf, batch_size=batch, progress=False), ref, atol=2e-5, rtol=0)
+
+
+def _cfg(**kw) -> MethodConfig:
+    base = dict(name="x", backbones=["efficientnet_lite0"], taps=["2:avg", "5:std"], xqda_weight=0.3,
+                xqda_taps=["2:cov"])
+    return MethodConfig(**{**base, **kw})
+
+
+def test_xqda_taps_config_errors():
+    assert _cfg().xqda_taps == ["2:cov"]
+    with pytest.raises(ValidationError, match="xqda_weight"):
+        _cfg(xqda_weight=0.0)
+    with pytest.raises(ValidationError, match="mirror"):
+        _cfg(tta=True)
+    with pytest.raises(ValidationError, match="repeats"):
+        _cfg(xqda_taps=["2:avg"])
+    with pytest.raises(ValidationError, match="bad tap"):
+        _cfg(xqda_taps=["2:covariance"])
+
+
+def test_feature_bank_heads_read_the_same_features_with_xqda_taps(hands_samples, tmp_path):
+    """One backbone pass computes both; the heads' columns equal those of the method without
+    `xqda_taps` (float noise of another exported graph), XQDA gets them plus the covariances."""
+    from biomatch.hands.methods import FeatureBank
+
+    subjects = sorted({s.identity for s in hands_samples})[:4]
+    few = [s for s in hands_samples if s.identity in subjects]
+    plain_cfg = _cfg(xqda_taps=[])
+    with_cov = FeatureBank(_cfg(), few, cache=tmp_path, progress=False)
+    without = FeatureBank(plain_cfg, few, cache=tmp_path, progress=False)
+    np.testing.assert_allclose(with_cov.plain, without.plain, atol=2e-5, rtol=0)
+    assert with_cov.dims == without.dims == [24 + 112]
+    xq, dims = with_cov.xqda_features(few)
+    assert dims == [24 + 112 + 300] and xq.shape == (len(few), 436)
+    np.testing.assert_allclose(np.linalg.norm(xq, axis=1), 1.0, atol=1e-5)
+    # the heads' taps inside XQDA's block are the same vectors, rescaled by the block's normalization
+    head_part = xq[:, :136] / np.linalg.norm(xq[:, :136], axis=1, keepdims=True)
+    rows = [with_cov.index[s.path] for s in few]
+    np.testing.assert_allclose(head_part, with_cov.plain[rows], atol=1e-5)
+    plain_xq, plain_dims = without.xqda_features(few)
+    np.testing.assert_array_equal(plain_xq, without.canonical(few)[0])
+    assert plain_dims == without.dims
