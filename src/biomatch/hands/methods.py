@@ -316,7 +316,7 @@ def head_embed(head: nn.Module, canon: np.ndarray, alt: np.ndarray | None, tta: 
 def _make_sampler(cfg: MethodConfig, samples: Sequence[Sample], labels: list[int], seed: int,
                   neighbours: dict[int, list[int]] | None = None):
     """The training batch sampler `cfg.sampler` names; `neighbours` (identity → look-alike
-    identities, `lookalike_neighbours`) is needed by pk_view_lookalike only."""
+    identities, one table of `lookalike_tables`) is needed by pk_view_lookalike only."""
     views = [s.view for s in samples]
     n_ids = len(set(labels))
     if cfg.sampler == "pairs":
@@ -502,13 +502,13 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
 
         single = len(leaves) == 1
         needs_val = bool(val) and cfg.mode == "frozen" and single
+        tables = lookalike_tables(cfg, canon, bounds, labels, train)
         if (cfg.mode == "frozen" and not cfg.flip_augment and not needs_val and checkpoint is None
                 and stackable([leaf for _, _, leaf in leaves])):
             # every head at once, same training as the loop below (biomatch.hands.stacked)
             seeds = [split.seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE for b, j, _ in leaves]
             canon_t = torch.from_numpy(canon)
             inputs = [canon_t[:, bounds[b]:bounds[b + 1]] for b, _, _ in leaves]
-            tables = lookalike_tables(cfg, canon, bounds, labels, train)
             samplers = [_make_sampler(cfg, train, labels, seed, tables[b]) for seed, (b, _, _) in zip(seeds, leaves)]
             loud = progress and not sys.stderr.isatty()
             histories = fit_stacked_parallel([leaf for _, _, leaf in leaves], inputs, samplers,
@@ -519,7 +519,6 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
             leaves_to_fit = []
         else:
             leaves_to_fit = leaves
-            tables = lookalike_tables(cfg, canon, bounds, labels, train)
         for b, j, leaf in leaves_to_fit:
             seed = split.seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE
             lo, hi = bounds[b], bounds[b + 1]
