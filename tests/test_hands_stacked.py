@@ -98,20 +98,22 @@ def test_parallel_stacked_training_is_bit_identical_to_one_stack():
             assert torch.equal(x, y), name
 
 
-def test_foreach_adamw_gives_the_weights_of_the_default_adamw(monkeypatch):
-    """fit_stacked steps AdamW with foreach=True for speed; the trained heads are bit-identical to
-    the default single-tensor AdamW's, so no benchmark row changes with it."""
+def test_fused_adamw_trains_the_heads_of_the_default_adamw_up_to_rounding(monkeypatch):
+    """fit_stacked steps torch's fused AdamW for speed (one pass over the stacked weights): the same
+    algorithm as the default single-tensor AdamW, so after a few steps the heads agree with that
+    one's up to rounding, and the parallel groups stay bit-identical to one stack (test above)."""
     from biomatch.training import torch_threads
 
     heads, feats, samplers, labels, views = _toy_heads()
     cfg = TrainConfig(epochs=3, lr=1e-2, seed=0, weight_decay=1e-3)
     objective = make_objective("cross_view", margin=0.1)
     default = [copy.deepcopy(h) for h in heads]
+    start = [copy.deepcopy(h) for h in heads]
     seen = []
     adamw = torch.optim.AdamW
 
     def single_tensor(*args, **kw):
-        seen.append(kw.pop("foreach", None))
+        seen.append(kw.pop("fused", None))
         return adamw(*args, **kw, foreach=False)
 
     with torch_threads(1):
@@ -119,6 +121,9 @@ def test_foreach_adamw_gives_the_weights_of_the_default_adamw(monkeypatch):
         monkeypatch.setattr(torch.optim, "AdamW", single_tensor)
         fit_stacked(default, feats, samplers(), labels, views, objective, cfg)
     assert seen == [True]
-    for a, b in zip(heads, default):
+    for a, b, s in zip(heads, default, start):
+        assert not torch.equal(a.net[0].weight, s.net[0].weight)  # trained
         for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-            assert torch.equal(x, y), name
+            if name in ("net.0.bias", "net.1.running_mean"):
+                continue  # the bias before BatchNorm only moves by rounding noise (see the first test)
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)

@@ -62,9 +62,12 @@ def fit_stacked(heads: Sequence[ProjectionHead], inputs: Sequence[torch.Tensor],
             bn.running_mean[sl], bn.running_var[sl] = norm.running_mean, norm.running_var
             bn.momentum, bn.eps = norm.momentum, norm.eps
     params = [nn.Parameter(t) for t in (w1, b1, w2, b2)]
-    # foreach: the same update arithmetic as the default single-tensor AdamW, bit for bit (tested),
-    # ~1.5× faster here, where the optimizer step over the stacked weights costs more than the model
-    opt = torch.optim.AdamW(params + list(bn.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    # fused: torch's one-pass AdamW kernel. The step over the stacked weights (tens of MB) walks them
+    # once instead of seven times: 11 ms instead of 40 ms per step for 25 heads of 560→512→128 in
+    # each of two threads. Same algorithm, other rounding: the heads differ from the single-tensor
+    # AdamW's in the last bits, which batch-hard mining then amplifies (rows before 2026-11-28 used
+    # foreach=True, bit-identical to the single-tensor AdamW).
+    opt = torch.optim.AdamW(params + list(bn.parameters()), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     base_lr = cfg.lr
     histories = [History() for _ in heads]
     normalize = heads[0].normalize
