@@ -60,17 +60,17 @@ def test_stacked_training_matches_fit_head_by_head(objective):
     assert not stackable([ProjectionHead([4, 3])])  # one layer: not the stacked structure
 
 
-def _toy_heads(seed: int = 0):
+def _toy_heads(seed: int = 0, hidden: int = 32):
     rng = np.random.default_rng(seed)
     n, ids = 120, 20
     labels = np.repeat(np.arange(ids), n // ids)
     views = np.tile([0, 1], n // 2)
-    dims = [24, 17, 24, 17, 9]
+    dims = [24, 17, 24, 17, 9, 13, 21]
     feats = [torch.from_numpy(rng.normal(size=(n, d)).astype(np.float32)) for d in dims]
     heads = []
     for h, d in enumerate(dims):
         torch.manual_seed(h)
-        heads.append(ProjectionHead([d, 16, 8]))
+        heads.append(ProjectionHead([d, hidden, 8]))
 
     def samplers():
         return [PKSampler(labels.tolist(), 6, 2, views.tolist(), view_aware=True, batches_per_epoch=4,
@@ -79,13 +79,17 @@ def _toy_heads(seed: int = 0):
     return heads, feats, samplers, torch.as_tensor(labels), torch.as_tensor(views)
 
 
-def test_parallel_stacked_training_is_bit_identical_to_one_stack():
+@pytest.mark.parametrize("hidden", [32, 48], ids=["groupable", "one_stack"])
+def test_parallel_stacked_training_is_bit_identical_to_one_stack(hidden):
     """The head groups trained in threads end with exactly the weights of one stack (one
-    intra-op thread, as run_method trains), so a result does not depend on the worker count."""
-    from biomatch.hands.stacked import fit_stacked_parallel
+    intra-op thread, as run_method trains), so a result does not depend on the worker count.
+    Hidden width 48 is not a multiple of GROUPABLE_HIDDEN: split into groups, these heads' weights
+    differed from one stack's (measured), so they train as one stack."""
+    from biomatch.hands.stacked import GROUPABLE_HIDDEN, fit_stacked_parallel
     from biomatch.training import torch_threads
 
-    heads, feats, samplers, labels, views = _toy_heads()
+    assert (hidden % GROUPABLE_HIDDEN == 0) == (hidden == 32)
+    heads, feats, samplers, labels, views = _toy_heads(hidden=hidden)
     cfg = TrainConfig(epochs=3, lr=1e-2, seed=0)
     objective = make_objective("cross_view", margin=0.1)
     together = [copy.deepcopy(h) for h in heads]

@@ -29,6 +29,9 @@ from biomatch.models.heads import ProjectionHead
 from biomatch.training import History, TrainConfig, _lr_factor
 
 
+GROUPABLE_HIDDEN = 32  # hidden widths whose heads can be split into groups bit-identically (see below)
+
+
 def stackable(heads: Sequence[nn.Module]) -> bool:
     """Whether `fit_stacked` can train these heads (two-layer ProjectionHeads, no dropout)."""
     if not heads or not all(isinstance(h, ProjectionHead) and len(h.dims) == 3 and len(h.net) == 4 for h in heads):
@@ -130,7 +133,16 @@ def fit_stacked_parallel(heads: Sequence[ProjectionHead], inputs: Sequence[torch
     count), which leaves the other cores idle. Heads never interact, and with one thread and one
     common padding a head's arithmetic is the same whatever else is in its stack, so the trained
     weights are bit-identical for any number of workers (tests/test_hands_stacked.py checks it).
-    Torch kernels release the GIL, so the groups really run at the same time."""
+    Torch kernels release the GIL, so the groups really run at the same time.
+
+    That holds when the hidden width is a multiple of `GROUPABLE_HIDDEN` (measured with 7 toy heads:
+    hidden 32, 64, 96, 128, 160, 256, 512 gave bit-identical weights for 1 and 2 workers with any
+    output width; 16, 20, 48, 80 did not). Element-wise kernels run whole SIMD blocks plus a
+    remainder that can round differently (seen for torch's AdamW on tensors that are not whole
+    blocks), so a head whose slice of the stacked channels straddles a block edge in one grouping
+    and not in another trains differently. Such heads train as one stack, whatever `workers` says."""
+    if heads[0].dims[1] % GROUPABLE_HIDDEN:
+        workers = 1
     groups = [list(range(len(heads)))[g::workers] for g in range(max(1, min(workers, len(heads))))]
     if len(groups) == 1:
         return fit_stacked(heads, inputs, samplers, labels, views, objective, cfg, progress)
