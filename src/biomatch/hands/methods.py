@@ -103,12 +103,15 @@ def _views(samples: Sequence[Sample]) -> np.ndarray:
     return np.array([int(s.view != QUERY_VIEW) for s in samples])
 
 
-def feature_extractor(cfg: MethodConfig, name: str, backbone: Backbone) -> tuple[nn.Module, str]:
-    """What the head reads from one backbone (pooled map or tap statistics) and its cache name."""
-    if cfg.taps:
+def feature_extractor(cfg: MethodConfig, name: str, backbone: Backbone,
+                      taps: Sequence[str] | None = None) -> tuple[nn.Module, str]:
+    """What the head reads from one backbone (pooled map or tap statistics) and its cache name;
+    `taps` replaces `cfg.taps` (FeatureBank adds XQDA's extra taps to the same pass)."""
+    taps = list(cfg.taps if taps is None else taps)
+    if taps:
         from biomatch.hands.features import TapFeatures, taps_id
 
-        return TapFeatures(backbone, cfg.taps), f"{name}@taps-{taps_id(cfg.taps)}"
+        return TapFeatures(backbone, taps), f"{name}@taps-{taps_id(taps)}"
     return backbone, name if cfg.pool == "avg" else f"{name}@{cfg.pool}"
 
 
@@ -206,14 +209,9 @@ class FeatureBank:
             size = cfg.image_size or bb.input_size
             tf = background_transform(cfg.background, tuple(cfg.background_color),
                                       eval_transform(size, bb.mean, bb.std))
-            extractor, key = feature_extractor(cfg, name, bb)
-            head_width = None
-            if cfg.xqda_taps:  # one pass for the heads' taps and XQDA's extra taps, sliced apart below
-                from biomatch.hands.features import TapFeatures, taps_id
-
-                every = [*cfg.taps, *cfg.xqda_taps]
-                extractor, key = TapFeatures(bb, every), f"{name}@taps-{taps_id(every)}"
-                head_width = sum(extractor.tap_dims()[: len(cfg.taps)])
+            # one pass for the heads' taps and XQDA's extra taps, sliced apart below
+            extractor, key = feature_extractor(cfg, name, bb, [*cfg.taps, *cfg.xqda_taps])
+            head_width = sum(extractor.tap_dims()[: len(cfg.taps)]) if cfg.xqda_taps else None
             extractor = on_runtime(extractor, device)  # ONNX Runtime on the CPU (biomatch.models.onnx_features)
             # aligned crops serve only this entry; the shared pass has no XQDA-only taps
             union = _union_extractor(cfg, bb) if not variant and not cfg.xqda_taps else None
