@@ -35,8 +35,30 @@ def machine_description() -> str:
     except ImportError:  # pragma: no cover - torch is a hard dependency
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (f"cpu: {os.cpu_count()} cores ({platform.machine()}, {platform.processor() or 'unknown'}); "
+    return (f"cpu: {os.cpu_count()} cores ({platform.machine()}, {cpu_model()}); "
             f"load {load:.1f} (1-min average when written)")
+
+
+def cpu_model() -> str:
+    """The CPU's model name and the vector instructions PyTorch uses on it (e.g. "AMD EPYC, AVX2").
+
+    Why the instruction set: the same 2-core VM type came with AVX-512 or AVX2 only; AVX2 ran the
+    hands demo ~1.5× slower, and float kernels round differently, so a result is tied to it."""
+    name = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:  # not Linux
+        pass
+    try:
+        import torch
+
+        isa = torch.backends.cpu.get_cpu_capability()
+    except (ImportError, AttributeError):  # pragma: no cover - torch is a hard dependency
+        isa = ""
+    return ", ".join(x for x in (name, isa) if x) or "unknown"
 
 
 def git_commit() -> str:
