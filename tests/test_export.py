@@ -60,6 +60,28 @@ def test_static_and_dynamic_int8_agree_with_float(tiny, tmp_path):
         assert OnnxEmbedder(q, preprocess=PREP64).model_hash != OnnxEmbedder(path, preprocess=PREP64).model_hash
 
 
+def test_static_int8_weight_layout(tiny, tmp_path):
+    """uint8 weights by default (no 16-bit saturation on CPUs without VNNI), int8 when asked;
+    the vendored face model is the uint8-weight kind."""
+    import onnx
+
+    _, path, x, _ = tiny
+
+    def weight_zero_point_types(model_path) -> set[int]:
+        graph = onnx.load(str(model_path)).graph
+        inits = {i.name: i for i in graph.initializer}
+        conv_weights = {n.input[1] for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+        # the DequantizeLinear nodes that feed a conv/matmul weight: their zero point's type
+        return {inits[n.input[2]].data_type for n in graph.node
+                if n.op_type == "DequantizeLinear" and n.output[0] in conv_weights and len(n.input) > 2}
+
+    unsigned = quantize_static_int8(path, tmp_path / "u.onnx", x)
+    signed = quantize_static_int8(path, tmp_path / "s.onnx", x, signed_weights=True)
+    assert weight_zero_point_types(unsigned) == {onnx.TensorProto.UINT8}
+    assert weight_zero_point_types(signed) == {onnx.TensorProto.INT8}
+    assert weight_zero_point_types(assets_dir() / INT8_MODEL) == {onnx.TensorProto.UINT8}
+
+
 def test_batch_dynamic_mobilefacenet_equals_original_per_image():
     path = assets_dir() / FLOAT_MODEL
     opts = ort.SessionOptions()

@@ -233,11 +233,18 @@ def quantize_static_int8(
     *,
     per_channel: bool = True,
     batch_size: int = 16,
+    signed_weights: bool = False,
 ) -> Path:
-    """Static int8 QDQ quantization; ``calibration`` are preprocessed (N, 3, H, W) inputs.
+    """Static 8-bit QDQ quantization; ``calibration`` are preprocessed (N, 3, H, W) inputs.
 
-    Activations are uint8 and weights int8 (the layout onnxruntime's CPU kernels run
-    fastest); ranges are MinMax over the calibration images, ~100 real images suffice.
+    Activations are uint8; ranges are MinMax over the calibration images, ~100 real images
+    suffice. Weights are uint8 by default, int8 with ``signed_weights``. Why not int8 weights
+    (uint8×int8, the fastest layout on CPUs with VNNI): on x86 CPUs without VNNI (AVX2) the
+    uint8×int8 kernels add pairs of products in 16 bits, which saturate (onnxruntime's
+    quantization guide). Measured on an AVX2 VM with the vendored face model: int8 weights gave
+    embeddings down to cosine 0.941 of the float ones (60 LFW faces), 7-bit int8 weights 0.981
+    (similarity matrices off by up to 0.063), uint8 weights 0.987 (0.055), at 138 images/s on
+    one thread against 188 for 7-bit int8 and 98 for float.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -259,7 +266,7 @@ def quantize_static_int8(
             reader,
             quant_format=QuantFormat.QDQ,
             activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8 if signed_weights else QuantType.QUInt8,
             per_channel=per_channel,
             calibrate_method=CalibrationMethod.MinMax,
         )
