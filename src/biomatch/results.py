@@ -42,8 +42,9 @@ def machine_description() -> str:
 def cpu_model() -> str:
     """The CPU's model name and the vector instructions PyTorch uses on it (e.g. "AMD EPYC, AVX2").
 
-    Why the instruction set: the same 2-core VM type came with AVX-512 or AVX2 only; AVX2 ran the
-    hands demo ~1.5× slower, and float kernels round differently, so a result is tied to it."""
+    Why: the same 2-core VM type has come with different CPUs; on an AMD EPYC with AVX2 only the
+    hands demo ran ~1.5× slower than on earlier VMs (not recorded then) and its heads' results
+    differed in the last digits, so a result is tied to the CPU it was measured on."""
     name = platform.processor() or ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

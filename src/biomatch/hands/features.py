@@ -77,10 +77,15 @@ def cov_pool(x: torch.Tensor) -> torch.Tensor:
     >>> cov_pool(x).tolist()  # var(ch0) = 1, cov = 0, var(ch1) = 0
     [[1.0, 0.0, 0.0]]
     """
-    c = int(x.shape[1])  # channels are fixed by the network; the batch stays symbolic for ONNX export
     flat = x.flatten(2)
     flat = flat - flat.mean(dim=2, keepdim=True)
-    cov = flat @ flat.transpose(1, 2) / flat.shape[2]
+    return signed_sqrt_upper(flat @ flat.transpose(1, 2) / flat.shape[2])
+
+
+def signed_sqrt_upper(cov: torch.Tensor) -> torch.Tensor:
+    """(B, C, C) covariances → (B, C·(C+1)/2): the upper triangle (row-major, diagonal included),
+    signed-square-rooted — the second-order taps' output (`cov_pool`, `masked_pool`'s `mcov`)."""
+    c = int(cov.shape[1])  # channels are fixed by the network; the batch stays symbolic for ONNX export
     rows, cols = torch.triu_indices(c, c)
     upper = cov[:, rows, cols]
     return torch.sign(upper) * upper.abs().sqrt()
@@ -132,12 +137,8 @@ def masked_pool(x: torch.Tensor, weights: torch.Tensor, pool: str) -> torch.Tens
         return (centred * centred * cell).sum(dim=(-2, -1)).clamp(min=0).sqrt()
     if pool != "mcov":
         raise InputError(f"unknown hand-only pool {pool!r}: use one of {HAND_POOLS}")
-    c = int(x.shape[1])
     flat = centred.flatten(2)
-    cov = (flat * cell.flatten(2)) @ flat.transpose(1, 2)
-    rows, cols = torch.triu_indices(c, c)
-    upper = cov[:, rows, cols]
-    return torch.sign(upper) * upper.abs().sqrt()
+    return signed_sqrt_upper((flat * cell.flatten(2)) @ flat.transpose(1, 2))
 
 
 def grid_pool(x: torch.Tensor, n: int) -> torch.Tensor:

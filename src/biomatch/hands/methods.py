@@ -122,9 +122,8 @@ def _xqda_groups(extractor: nn.Module) -> list[np.ndarray]:
     higher R@1 (0.589 vs 0.552; Lite0 photo taps, biomatch.hands.features.masked_pool)."""
     bounds = np.cumsum([0, *extractor.tap_dims()])
     hand = np.array(extractor.hand_only())
-    cols = [np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in np.flatnonzero(hand == kind)])
+    return [np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in np.flatnonzero(hand == kind)])
             for kind in (False, True) if (hand == kind).any()]
-    return cols
 
 
 def build_head(cfg: MethodConfig, in_dim: int, seed: int = 0) -> ProjectionHead:
@@ -268,8 +267,7 @@ class FeatureBank:
             if slices is not None:
                 feats = np.concatenate([feats[:, sl] for sl in slices], axis=1)
             if width is not None and cols is not None:  # XQDA reads every tap, the heads the first `width` columns
-                if not job.mirror:
-                    xqda_plain += [F.normalize(torch.from_numpy(np.ascontiguousarray(feats[:, c])), dim=1) for c in cols]
+                xqda_plain += [F.normalize(torch.from_numpy(np.ascontiguousarray(feats[:, c])), dim=1) for c in cols]
                 feats = feats[:, :width]
             (mirrored if job.mirror else plain).append(F.normalize(torch.from_numpy(np.ascontiguousarray(feats)), dim=1))
         self.seconds = time.perf_counter() - start
