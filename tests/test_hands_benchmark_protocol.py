@@ -135,7 +135,18 @@ def test_pooled_sessions_weigh_seeds_by_their_queries(bench):
     assert "Pooled over seeds [10, 11] (all 412 queries: mean rank 3.54)" in text  # (200 + 900 + 360) / 412
     assert "same-session: 400 queries, R@1 0.650, mean rank 2.75" in text
     assert "cross-session: 12 queries, R@1 0.000, mean rank 30.00 (cross-session queries on seeds [11])" in text
+    # the goal's arithmetic: (2.5 · 412 − 30 · 12) / 400 = 1.675, the same-session mean rank it would need
+    need = (bench.MEAN_RANK_GOAL * 412 - 30.0 * 12) / 400
+    assert f"needs the same-session ones at {need:.2f} (now 2.75)" in text
     assert bench.pooled_sessions([{"seed": 1}]) == ""
+    # seeds that recorded the random-order mean rank get it pooled the same way
+    recs = [rec(10, (100, 0.8, 2.0), (6, 0.0, 40.0)), rec(11, (300, 0.6, 3.0), (12, 0.0, 30.0))]
+    for p, (same, cross) in zip(recs, ((20.0, 35.0), (30.0, 38.0))):
+        p["sessions"]["same_session"]["chance_mean_rank"] = same
+        p["sessions"]["cross_session"]["chance_mean_rank"] = cross
+    text = bench.pooled_sessions(recs)
+    assert "same-session: 400 queries, R@1 0.650, mean rank 2.75 (a random gallery order: 27.50)" in text
+    assert "cross-session: 18 queries, R@1 0.000, mean rank 33.33 (a random gallery order: 37.00)" in text
 
 
 def test_row_kinds(bench):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,12 @@ QUERIES = [_s(5, "a", "dorsal"), _s(9950, "a", "dorsal"), _s(9960, "a", "dorsal"
 GALLERY = [_s(38, "a", "palmar"), _s(40, "a", "palmar"), _s(310, "b", "palmar")]
 
 
+def _random_order_first_rank(identity: str, gallery: list[Sample]) -> float:
+    """Mean first-correct rank over every order of the gallery (brute force)."""
+    firsts = [1 + [g.identity for g in order].index(identity) for order in itertools.permutations(gallery)]
+    return sum(firsts) / len(firsts)
+
+
 def test_sessions_split_at_the_gap_only():
     sessions = capture_sessions(QUERIES + GALLERY)
     assert [sessions[s.path] for s in QUERIES] == [0, 1, 1, 0]
@@ -39,8 +46,11 @@ def test_cross_session_queries_and_breakdown_match_a_loop():
     assert cross.tolist() == [False, True, True, False]
     ranks = np.array([1, 30, 12, 2])
     out = session_breakdown(ranks, QUERIES, GALLERY)
-    assert out["same_session"] == {"n_queries": 2, "recall@1": 0.5, "mean_rank": 1.5}
-    assert out["cross_session"] == {"n_queries": 2, "recall@1": 0.0, "mean_rank": 21.0, "subjects": 1}
+    chance = {q: _random_order_first_rank(q.identity, GALLERY) for q in QUERIES}  # a: 4/3, b: 2
+    assert out["same_session"] == pytest.approx({"n_queries": 2, "recall@1": 0.5, "mean_rank": 1.5,
+                                                 "chance_mean_rank": (chance[QUERIES[0]] + chance[QUERIES[3]]) / 2})
+    assert out["cross_session"] == pytest.approx({"n_queries": 2, "recall@1": 0.0, "mean_rank": 21.0, "subjects": 1,
+                                                  "chance_mean_rank": chance[QUERIES[1]]})
     empty = session_breakdown(ranks[[0, 3]], [QUERIES[0], QUERIES[3]], GALLERY)
     assert empty["cross_session"]["n_queries"] == 0 and empty["cross_session"]["mean_rank"] is None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import torch
 from biomatch.errors import InputError
 from biomatch.metrics.retrieval import (
     bootstrap_ci,
+    chance_first_rank,
     cmc_curve,
     ranks_from_scores,
     retrieval_ranks,
@@ -216,3 +219,17 @@ def test_identity_first_ranks_match_a_slow_loop_with_ties():
         identity_first_ranks(scores[:1], ["zz"], gallery)
     with pytest.raises(InputError, match=r"\(1, 60\)"):
         identity_first_ranks(scores[:2], ["1"], gallery)
+
+
+@pytest.mark.parametrize("n_gallery,n_positive", [(1, 1), (4, 1), (5, 2), (6, 3), (6, 6)])
+def test_chance_first_rank_matches_every_gallery_order(n_gallery, n_positive):
+    labels = [1] * n_positive + [0] * (n_gallery - n_positive)
+    firsts = [1 + order.index(1) for order in itertools.permutations(labels)]
+    assert chance_first_rank(n_gallery, n_positive) == pytest.approx(sum(firsts) / len(firsts))
+
+
+def test_chance_first_rank_names_bad_counts():
+    with pytest.raises(InputError, match="n_positive=0"):
+        chance_first_rank(5, 0)
+    with pytest.raises(InputError, match="n_gallery=2"):
+        chance_first_rank(2, 3)

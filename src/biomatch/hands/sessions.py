@@ -14,13 +14,14 @@ labels them; the protocol and the headline numbers do not change.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from biomatch.data.datasets import Sample
+from biomatch.metrics.retrieval import chance_first_rank
 
 SESSION_GAP = 1000  # numbers between two photos of one subject that start a new session (see above)
 _NUMBER = re.compile(r"(\d+)")
@@ -70,16 +71,20 @@ def cross_session_queries(queries: Sequence[Sample], gallery: Sequence[Sample]) 
 def session_breakdown(first_ranks: Sequence[int] | np.ndarray, queries: Sequence[Sample],
                       gallery: Sequence[Sample]) -> dict[str, dict[str, float | int | None]]:
     """R@1 and mean first-correct rank over same-session and over cross-session queries
-    (None where a group has no query), with the group sizes and cross-session subjects."""
+    (None where a group has no query), with the group sizes, the mean rank a random gallery
+    order would give the same queries (`chance_mean_rank`), and the cross-session subjects."""
     ranks = np.asarray(first_ranks)
     if len(ranks) != len(queries):
         raise ValueError(f"{len(ranks)} ranks for {len(queries)} queries")
     cross = cross_session_queries(queries, gallery)
+    palms = Counter(g.identity for g in gallery)
+    chance = np.array([chance_first_rank(len(gallery), palms[q.identity]) for q in queries])
     out: dict[str, dict[str, float | int | None]] = {}
     for name, mask in (("same_session", ~cross), ("cross_session", cross)):
         r = ranks[mask]
         out[name] = {"n_queries": int(mask.sum()),
                      "recall@1": float((r == 1).mean()) if len(r) else None,
-                     "mean_rank": float(r.mean()) if len(r) else None}
+                     "mean_rank": float(r.mean()) if len(r) else None,
+                     "chance_mean_rank": float(chance[mask].mean()) if len(r) else None}
     out["cross_session"]["subjects"] = len({q.identity for q, c in zip(queries, cross) if c})
     return out

@@ -218,6 +218,21 @@ def identity_first_ranks(scores: np.ndarray, query_labels: Sequence, gallery_lab
     return (best >= true[:, None]).sum(1)  # identities at or above the own one, itself included
 
 
+def chance_first_rank(n_gallery: int, n_positive: int) -> float:
+    """Expected 1-based rank of the first correct item when the gallery is in random order:
+    (n_gallery + 1) / (n_positive + 1).
+
+    Why: a group of queries whose mean first rank sits at this value carries no signal at all
+    (e.g. a subject photographed in another session), which a mean rank alone does not say.
+
+    >>> chance_first_rank(9, 1), chance_first_rank(219, 5)
+    (5.0, 36.666666666666664)
+    """
+    if n_positive < 1 or n_gallery < n_positive:
+        raise InputError(f"need 1 <= n_positive <= n_gallery, got n_positive={n_positive}, n_gallery={n_gallery}")
+    return (n_gallery + 1) / (n_positive + 1)
+
+
 def recall_at_k(first_rank: np.ndarray, k: int) -> float:
     """Fraction of queries whose first correct item is within the top k (= CMC@k)."""
     return float(np.mean(np.asarray(first_rank) <= k))
