@@ -60,26 +60,45 @@ def test_static_and_dynamic_int8_agree_with_float(tiny, tmp_path):
         assert OnnxEmbedder(q, preprocess=PREP64).model_hash != OnnxEmbedder(path, preprocess=PREP64).model_hash
 
 
+def weights_of(model_path) -> tuple[set[int], int]:
+    """(zero-point types, largest |quantized value|) of the conv/matmul weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(model_path)).graph
+    inits = {i.name: i for i in graph.initializer}
+    conv_weights = {n.input[1] for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
+    # the DequantizeLinear nodes that feed a conv/matmul weight
+    feeds = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in conv_weights
+             and len(n.input) > 2]
+    types = {inits[n.input[2]].data_type for n in feeds}
+
+    def spread(node) -> int:
+        q = numpy_helper.to_array(inits[node.input[0]]).astype(np.int64)
+        zero = numpy_helper.to_array(inits[node.input[2]]).astype(np.int64)
+        if zero.ndim:  # per channel, along the node's axis (ONNX default 1)
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % q.ndim
+            zero = zero.reshape([-1 if d == axis else 1 for d in range(q.ndim)])
+        return int(np.abs(q - zero).max())
+
+    return types, max(spread(n) for n in feeds)
+
+
 def test_static_int8_weight_layout(tiny, tmp_path):
-    """uint8 weights by default (no 16-bit saturation on CPUs without VNNI), int8 when asked;
-    the vendored face model is the uint8-weight kind."""
+    """7-bit int8 weights by default (no 16-bit saturation on CPUs without VNNI), full int8 or
+    uint8 when asked; the vendored face model is the uint8-weight kind."""
     import onnx
 
     _, path, x, _ = tiny
 
-    def weight_zero_point_types(model_path) -> set[int]:
-        graph = onnx.load(str(model_path)).graph
-        inits = {i.name: i for i in graph.initializer}
-        conv_weights = {n.input[1] for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")}
-        # the DequantizeLinear nodes that feed a conv/matmul weight: their zero point's type
-        return {inits[n.input[2]].data_type for n in graph.node
-                if n.op_type == "DequantizeLinear" and n.output[0] in conv_weights and len(n.input) > 2}
-
-    unsigned = quantize_static_int8(path, tmp_path / "u.onnx", x)
-    signed = quantize_static_int8(path, tmp_path / "s.onnx", x, signed_weights=True)
-    assert weight_zero_point_types(unsigned) == {onnx.TensorProto.UINT8}
-    assert weight_zero_point_types(signed) == {onnx.TensorProto.INT8}
-    assert weight_zero_point_types(assets_dir() / INT8_MODEL) == {onnx.TensorProto.UINT8}
+    default = weights_of(quantize_static_int8(path, tmp_path / "d.onnx", x))
+    full = weights_of(quantize_static_int8(path, tmp_path / "s.onnx", x, weights="int8"))
+    unsigned = weights_of(quantize_static_int8(path, tmp_path / "u.onnx", x, weights="uint8"))
+    assert default[0] == full[0] == {onnx.TensorProto.INT8} and unsigned[0] == {onnx.TensorProto.UINT8}
+    assert default[1] <= 64 < full[1] <= 127  # 7 bits: symmetric per channel within ±64
+    assert weights_of(assets_dir() / INT8_MODEL)[0] == {onnx.TensorProto.UINT8}
+    with pytest.raises(InputError, match="int8 weights must be one of"):
+        quantize_static_int8(path, tmp_path / "x.onnx", x, weights="int4")
 
 
 def test_batch_dynamic_mobilefacenet_equals_original_per_image():
@@ -132,3 +151,28 @@ def test_errors(tmp_path, tiny):
     with pytest.raises(InputError, match="calibration data"):
         quantize_static_int8(path, tmp_path / "x.onnx", np.zeros((0, 3, 64, 64), np.float32))
     assert emb.embed([]).shape == (0, 32)
+
+
+def test_export_command_picks_the_weight_layout(tiny, tmp_path, run_cli):
+    """`biomatch export --quantize static`: 7-bit int8 weights unless told otherwise; bad names are refused."""
+    import onnx
+    from PIL import Image
+
+    _, path, _, _ = tiny
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(calib / f"{i}.png")
+    common = ["--quantize", "static", "--calib-dir", str(calib), "--calib-count", "4", "--preset", "imagenet",
+              "--input-size", "64"]
+    code, _, err = run_cli("export", str(path), "--out", str(tmp_path / "d.onnx"), *common)
+    assert code == 0, err
+    types, spread = weights_of(tmp_path / "d.onnx")
+    assert types == {onnx.TensorProto.INT8} and spread <= 64
+    code, _, err = run_cli("export", str(path), "--out", str(tmp_path / "u.onnx"), *common, "--int8-weights", "uint8")
+    assert code == 0, err
+    assert weights_of(tmp_path / "u.onnx")[0] == {onnx.TensorProto.UINT8}
+    code, out, err = run_cli("export", str(path), "--out", str(tmp_path / "x.onnx"), *common, "--int8-weights", "int4")
+    assert code != 0 and "int8 weights must be one of" in out + err
+    assert not (tmp_path / "x.onnx").exists()

@@ -68,6 +68,10 @@ def register(app: typer.Typer) -> None:
         input_size: int = typer.Option(112, help="Square input size (imagenet preset / torch export)."),
         backbone: str | None = typer.Option(None, help="Registered backbone name, for state-dict checkpoints."),
         head_dims: str | None = typer.Option(None, help="Projection head dims, e.g. 1280,512,128."),
+        int8_weights: str | None = typer.Option(
+            None, help="Static int8 weight layout: int8_7bit, int8 or uint8 (biomatch.export.quantize_static_int8). "
+                       "Default: uint8 for the face preset (the vendored face model's, the closest to float there), "
+                       "int8_7bit otherwise."),
     ) -> None:
         """Export a torch embedder to ONNX (dynamic batch) and/or quantize an ONNX model to int8."""
         from biomatch.data.images import load_image
@@ -106,7 +110,8 @@ def register(app: typer.Typer) -> None:
                 images = FaceEmbedder.default(float_path if float_path.suffix == ".onnx" else None,
                                               on_missing="frame").prepare(images, [str(p) for p in files])
             calib = prep.batch(images)
-            quantize_static_int8(float_path, out, calib)
+            quantize_static_int8(float_path, out, calib,
+                                 weights=int8_weights or ("uint8" if preset == "face" else "int8_7bit"))
             typer.echo(f"static int8 ({len(files)} calibration images) -> {out}")
         elif quantize == "dynamic":
             quantize_dynamic_int8(float_path, out)

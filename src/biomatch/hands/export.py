@@ -29,11 +29,12 @@ class HandNetwork(nn.Module):
 
 
 def export_hand_model(backbone: Backbone, head: ProjectionHead, out_dir: Path, calibration: np.ndarray,
-                      input_size: int) -> tuple[Path, Path]:
-    """Write hands.onnx (float) and hands.int8.onnx (static QDQ, calibrated on `calibration`)."""
+                      input_size: int, int8_weights: str = "int8_7bit") -> tuple[Path, Path]:
+    """Write hands.onnx (float) and hands.int8.onnx (static QDQ, calibrated on `calibration`,
+    weights laid out as `int8_weights`: see biomatch.export.quantize_static_int8)."""
     if calibration.ndim != 4 or calibration.shape[1:] != (3, input_size, input_size):
         raise InputError(f"calibration must be (N, 3, {input_size}, {input_size}), got {calibration.shape}")
     net = HandNetwork(backbone, head).eval()
     float_path = export_onnx(net, out_dir / "hands.onnx", (input_size, input_size))
-    int8_path = quantize_static_int8(float_path, out_dir / "hands.int8.onnx", calibration)
+    int8_path = quantize_static_int8(float_path, out_dir / "hands.int8.onnx", calibration, weights=int8_weights)
     return float_path, int8_path
