@@ -246,13 +246,15 @@ def quantize_static_int8(
       uint8×int8 kernels add pairs of products in 16 bits, which saturate (onnxruntime's
       quantization guide);
     - ``"int8_7bit"`` (default): int8 weights in 7 bits (onnxruntime's ``reduce_range``), so the
-      pairs cannot saturate; fast on both kinds of CPU;
-    - ``"uint8"``: no saturation either, but slow for some graphs on AVX2.
-    Measured on an AVX2 VM (1 thread): the vendored face model gave embeddings down to cosine
-    0.941 of the float ones with int8, 0.981 with int8_7bit, 0.987 with uint8 (60 LFW faces), at
-    188 (int8_7bit) and 138 (uint8) images/s against 98 for float; the hands EfficientNet-Lite0
-    model (split seed 1) gave R@1 0.263 / 0.332 / 0.302 against 0.336 float, at 120 / 129 / 15
-    images/s against 82 for float.
+      pairs cannot saturate;
+    - ``"uint8"``: no saturation either, but slow kernels for some graphs on AVX2.
+    Measured on an AVX2 VM, 1 thread (speed on VNNI CPUs not measured here):
+    - the vendored face model: embeddings down to cosine 0.941 of the float ones with int8,
+      0.981 with int8_7bit, 0.987 with uint8 (60 LFW faces); 188 images/s with int8_7bit, 138
+      with uint8, 98 for float;
+    - the hands EfficientNet-Lite0 model (benchmarks/hands_int8.py, 5 split seeds): R@1 0.225
+      with int8, 0.290 with int8_7bit, 0.287 with uint8 against 0.307 for float; 108, 109 and 13
+      images/s against 75 for float.
     """
     if weights not in INT8_WEIGHTS:
         raise InputError(f"int8 weights must be one of {', '.join(INT8_WEIGHTS)}, got {weights!r}")
