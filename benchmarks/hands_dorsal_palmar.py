@@ -109,7 +109,7 @@ def run_config(path: str, seeds: Sequence[int], role: str, samples, device: str,
         by_identity = identity_first_ranks(r.score_matrix(), [q.identity for q in r.queries],
                                            [g.identity for g in r.gallery])
         rec = {"seed": seed, **{m: r.metrics[m] for m in METRICS},
-               **{k: v for k, v in r.metrics.items() if k.startswith(("fta", "geo"))},
+               **{k: v for k, v in r.metrics.items() if k.startswith(("fta", "geo", "single_query"))},
                "recall@1_ci95": list(ci), "identity_mean_rank": float(by_identity.mean()),
                "n_queries": len(r.queries), "n_gallery": len(r.gallery),
                "n_gallery_subjects": len({g.identity for g in r.gallery}),
@@ -212,6 +212,8 @@ def row_kind(name: str) -> str:
         return "control, not a method"
     if "side_aware" in name:
         return "separate protocol: uses left/right labels"
+    if name.endswith("_qn"):
+        return "separate protocol: each query reads the other test queries"
     if name.endswith(("_qe", "_krr")):
         return "separate protocol: re-ranks over the whole test set"
     letters = re.match(r"[a-z]+", name.split("_")[1])  # hands_e10_p32, hands_e10x_parts: method (e) variants
@@ -310,6 +312,25 @@ def pooled_sessions(per_seed: Sequence[dict]) -> str:
             + " A diagnostic only: the protocol and the headline columns keep every query.")
 
 
+def single_query_notes(results: dict[str, dict[str, dict]]) -> list[str]:
+    """Per query-set row (`query_neighbours`): the same runs' numbers before the query-set step
+    (the single-query protocol), pooled as the columns are (mean over seeds), per role."""
+    notes = []
+    for name, recs in sorted(results.items()):
+        parts = []
+        for role in ("tuning", "report"):
+            rec = recs.get(role)
+            if rec is None or not all("single_query:mean_rank" in p for p in rec["per_seed"]):
+                continue
+            r1, mr = (float(np.mean([p[f"single_query:{m}"] for p in rec["per_seed"]])) for m in ("recall@1", "mean_rank"))
+            parts.append(f"{role} seeds {rec['seeds']}: {r1:.3f} / {mr:.2f} (with it {rec['metrics']['recall@1']['mean']:.3f}"
+                         f" / {rec['metrics']['mean_rank']['mean']:.2f})")
+        if parts:
+            notes.append(f"{name} without its query-set step, the very same runs (single-query protocol, R@1 / mean "
+                         f"rank): " + "; ".join(parts) + ".")
+    return notes
+
+
 def measured_on(results: dict[str, dict[str, dict]]) -> str:
     """The distinct machines of the result files (without the load they were written at)."""
     machines = sorted({rec["machine"].split("; load")[0] for recs in results.values() for rec in recs.values()})
@@ -343,7 +364,7 @@ def write_section() -> None:
     for ref_name, ref in REFERENCES.values():
         rows.append([f"reference: {ref_name}", "published, 1 split", "–", "–", f"{ref['recall@1']:.3f}",
                      f"{ref['mean_rank']:.2f}", f"{ref['recall@5']:.3f}", "–", "–", "–", "–"])
-    notes = list(derived_notes)
+    notes = list(derived_notes) + single_query_notes(results)
     ort = sorted(n for n, recs in results.items()
                  if any(p.get("feature_runtime") == "onnxruntime" for rec in recs.values() for p in rec["per_seed"]))
     if ort:

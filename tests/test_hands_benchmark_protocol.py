@@ -154,3 +154,21 @@ def test_row_kinds(bench):
     assert bench.row_kind("hands_e10x_parts") == "method e"
     assert bench.row_kind("hands_b_triplet_batch_hard") == "method b"
     assert bench.row_kind("hands_control_e10_bg_fill") == "control, not a method"
+    assert bench.row_kind("hands_e10xpl1_xcov_qn") == "separate protocol: each query reads the other test queries"
+
+
+def test_query_set_rows_also_show_their_single_query_numbers(bench):
+    def rec(seeds, single, final):
+        per_seed = [{"seed": s, "single_query:recall@1": a, "single_query:mean_rank": b,
+                     "recall@1": c, "mean_rank": d} for s, (a, b), (c, d) in zip(seeds, single, final)]
+        return {"seeds": seeds, "per_seed": per_seed,
+                "metrics": {"recall@1": {"mean": np.mean([f[0] for f in final])},
+                            "mean_rank": {"mean": np.mean([f[1] for f in final])}}}
+
+    results = {"x_qn": {"tuning": rec([0, 1], [(0.7, 3.0), (0.8, 2.0)], [(0.8, 2.0), (0.9, 1.5)]),
+                        "report": rec([10], [(0.6, 4.0)], [(0.7, 3.0)])},
+               "plain": {"tuning": {"seeds": [0], "per_seed": [{"seed": 0, "recall@1": 0.5, "mean_rank": 3.0}]}}}
+    notes = bench.single_query_notes(results)
+    assert notes == ["x_qn without its query-set step, the very same runs (single-query protocol, R@1 / mean rank): "
+                     "tuning seeds [0, 1]: 0.750 / 2.50 (with it 0.850 / 1.75); "
+                     "report seeds [10]: 0.600 / 4.00 (with it 0.700 / 3.00)."]

@@ -87,3 +87,20 @@ def test_retrieval_examples_rank_by_the_methods_own_scores(hands_samples, tmp_pa
     write_hands_report([r], tmp_path)
     np.testing.assert_array_equal(seen["score_matrix"], flipped)
     assert "final score" in (tmp_path / "report.md").read_text()
+
+
+def test_a_query_set_method_shows_its_single_query_numbers(hands_samples, tmp_path, monkeypatch):
+    import dataclasses
+
+    from biomatch.viz import hands_report
+
+    r = _result(make_split(hands_samples, 0))
+    r = dataclasses.replace(r, method="qn", metrics={**r.metrics, "single_query:recall@1": 0.6125,
+                                                     "single_query:mean_rank": 3.456})
+    monkeypatch.setattr(hands_report, "plot_worst_queries", lambda *a, **k: tmp_path / "worst.png")
+    write_hands_report([r], tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert "qn re-ranks each query with its mutual nearest test queries" in md
+    assert "without that step: R@1 0.613, mean rank 3.46" in md
+    write_hands_report([_result(make_split(hands_samples, 0))], tmp_path / "plain")
+    assert "mutual nearest" not in (tmp_path / "plain" / "report.md").read_text()

@@ -157,3 +157,14 @@ def test_paired_subject_bootstrap_against_a_plain_loop():
     assert same["recall@1"] == [0.0, 0.0, 0.0] and same["mean_rank"] == [0.0, 0.0, 0.0]
     with pytest.raises(InputError, match="do not match"):
         paired_subject_bootstrap(a, b[:, :10], subjects)
+
+
+@pytest.mark.parametrize("change", [{"rerank": "k_reciprocal"}, {"side_bonus": 0.1}, {"query_neighbours": 5}])
+def test_score_variant_refuses_test_set_rescoring(change):
+    """Re-scoring that reads the other test images or labels cannot score other images alone."""
+    from biomatch.config import MethodConfig
+    from biomatch.hands.resolution import score_variant
+
+    cfg = MethodConfig(name="t", backbones=["tiny_cnn"], **change)
+    with pytest.raises(InputError, match="supports neither"):
+        score_variant(cfg, None, None, [], [])

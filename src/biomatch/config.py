@@ -101,6 +101,12 @@ class MethodConfig(BaseModel):
     # Extra taps that XQDA reads beside `taps` (e.g. "3:cov", channel covariances) and the heads do
     # not: computed in the same backbone pass, cached with the head taps (frozen mode, no mirroring).
     xqda_taps: list[str] = Field(default_factory=list)
+    # Query-set re-ranking (biomatch.hands.query_set; a separate protocol row: each query's ranking
+    # reads the other test queries, never a test label): the final scores of each query + this weight
+    # × the similarity-weighted mean of its mutual `query_neighbours`-nearest test queries' scores,
+    # dorsal→dorsal similarity from XQDA on the training dorsals (xqda_pca, xqda_lambda). 0 = off.
+    query_neighbours: int = Field(default=0, ge=0)
+    query_neighbour_weight: float = Field(default=1.0, ge=0)
     # What the tuning seeds said about this variant (shown in BENCHMARKS.md beside its row).
     verdict: str = ""
 
@@ -122,6 +128,12 @@ class MethodConfig(BaseModel):
     def _one_gallery_rescoring(self) -> MethodConfig:
         if self.cohort_k and self.rerank != "none":
             raise ValueError("cohort_k and rerank both re-score the gallery: use one")
+        return self
+
+    @model_validator(mode="after")
+    def _query_set_needs_frozen(self) -> MethodConfig:
+        if self.query_neighbours and self.mode != "frozen":
+            raise ValueError("query_neighbours reads the frozen features of the queries: needs mode: frozen")
         return self
 
     @model_validator(mode="after")

@@ -560,7 +560,7 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
         extra["fta_count"] = float((~ok).sum())
     scores = None
     if (cfg.rerank == "none" and cfg.side_bonus == 0 and cfg.geometry_weight == 0 and not cfg.cohort_k
-            and not cfg.identity_weight and not cfg.xqda_weight):
+            and not cfg.identity_weight and not cfg.xqda_weight and not cfg.query_neighbours):
         ranks = retrieval_ranks(q_emb, g_emb, q_ids, g_ids)
     else:
         from biomatch.hands.rerank import rerank_scores
@@ -595,6 +595,8 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
         scores = boosted(scores)
         if cfg.xqda_weight:
             scores = _fuse_xqda(cfg, bank, train, queries, gallery, scores, q_ids, g_ids, extra)
+        if cfg.query_neighbours:
+            scores = _query_set(cfg, bank, train, queries, scores, q_ids, g_ids, extra)
         ranks = ranks_from_scores(scores, q_ids, g_ids)
     n_images = len(all_samples) * len(cfg.backbones) * (2 if bank.mirrored is not None else 1)
     timing = {"features_s": bank.seconds, "train_s": train_s}
@@ -618,6 +620,21 @@ def _fuse_xqda(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], qu
         r = retrieval_summary(ranks_from_scores(s, q_ids, g_ids))
         extra[f"{name}:recall@1"], extra[f"{name}:mean_rank"] = r["recall@1"], r["mean_rank"]
     return row_zscore(scores) + cfg.xqda_weight * row_zscore(xq)
+
+
+def _query_set(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], queries: Sequence[Sample],
+               scores: np.ndarray, q_ids: Sequence[str], g_ids: Sequence[str], extra: dict[str, float]) -> np.ndarray:
+    """Query-set re-ranking (biomatch.hands.query_set) of the final scores; the single-query
+    numbers of the same run go to `extra` ("single_query:…"), so one run gives both protocols."""
+    from biomatch.hands.query_set import query_set_scores
+    from biomatch.hands.xqda import same_view_block_scores
+
+    dorsal = HandsSplit.queries(train)
+    (tr, dims), (qf, _) = bank.xqda_features(dorsal), bank.xqda_features(queries)
+    similarity = same_view_block_scores(tr, [s.identity for s in dorsal], qf, dims, cfg.xqda_pca, cfg.xqda_lambda)
+    r = retrieval_summary(ranks_from_scores(scores, q_ids, g_ids))
+    extra["single_query:recall@1"], extra["single_query:mean_rank"] = r["recall@1"], r["mean_rank"]
+    return query_set_scores(scores, similarity, cfg.query_neighbours, cfg.query_neighbour_weight)
 
 
 def _finetune(cfg: MethodConfig, backbones: list[Backbone], head: ProjectionHead, objective: nn.Module,

@@ -118,8 +118,8 @@ def score_variant(cfg: MethodConfig, model: nn.Module, train_bank, train: Sequen
     FeatureBank holding `train` (for the geometry projection)."""
     from biomatch.hands.methods import FeatureBank
 
-    if cfg.rerank != "none" or cfg.side_bonus:
-        raise InputError("score_variant supports neither re-ranking nor the side bonus")
+    if cfg.rerank != "none" or cfg.side_bonus or cfg.query_neighbours:
+        raise InputError("score_variant supports neither re-ranking (rerank, query_neighbours) nor the side bonus")
     queries, gallery = HandsSplit.queries(test), HandsSplit.gallery(test)
     if not queries or not gallery:
         raise InputError(f"test images need both {QUERY_VIEW} and {GALLERY_VIEW} views")

@@ -240,7 +240,12 @@ def write_hands_report(results: Sequence[RunResult], out_dir: Path, title: str =
                 "CI = 95 % bootstrap over queries. One split only — seed-to-seed spread is ±0.05 R@1 "
                 "(BENCHMARKS.md). " + (f"The best method ({run_info['best']}) trains on train + val for a fixed "
                                        "budget (no validation curve; its training loss is shown)." if
-                                       run_info.get("best") else ""))
+                                       run_info.get("best") else "")
+                + "".join(f" {r.method} re-ranks each query with its mutual nearest test queries (a separate "
+                          f"protocol: a query's ranking reads the other test queries, never their labels); the same "
+                          f"run without that step: R@1 {r.metrics['single_query:recall@1']:.3f}, mean rank "
+                          f"{r.metrics['single_query:mean_rank']:.2f}." for r in results
+                          if "single_query:recall@1" in r.metrics))
     md_parts = [
         f"# {title}", notes or "", f"Machine: {machine_description()}.", "## Results", table, footnote,
         "Columns:\n" + legend,
