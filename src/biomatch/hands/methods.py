@@ -589,8 +589,7 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
             # the same heads at other geometry weights (0 = without geometry): a free ablation,
             # recorded for the tuning seeds' choice of the weight
             for w in GEOMETRY_SWEEP:
-                r = retrieval_summary(ranks_from_scores(boosted(scores + w * geo_scores), q_ids, g_ids))
-                extra[f"geo{w:g}:recall@1"], extra[f"geo{w:g}:mean_rank"] = r["recall@1"], r["mean_rank"]
+                _record_ablation(extra, f"geo{w:g}", boosted(scores + w * geo_scores), q_ids, g_ids)
             scores = scores + cfg.geometry_weight * geo_scores
         scores = boosted(scores)
         if cfg.xqda_weight:
@@ -606,6 +605,14 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
                      q_emb, g_emb, timing, model=head, scores=scores)
 
 
+def _record_ablation(extra: dict[str, float], name: str, scores: np.ndarray, q_ids: Sequence[str],
+                     g_ids: Sequence[str]) -> None:
+    """extra["<name>:recall@1"] and extra["<name>:mean_rank"] of `scores`: a part or variant of the
+    method measured in the same run (the geometry sweep, heads / XQDA alone, before the query-set step)."""
+    r = retrieval_summary(ranks_from_scores(scores, q_ids, g_ids))
+    extra[f"{name}:recall@1"], extra[f"{name}:mean_rank"] = r["recall@1"], r["mean_rank"]
+
+
 def _fuse_xqda(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], queries: Sequence[Sample],
                gallery: Sequence[Sample], scores: np.ndarray, q_ids: Sequence[str], g_ids: Sequence[str],
                extra: dict[str, float]) -> np.ndarray:
@@ -617,8 +624,7 @@ def _fuse_xqda(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], qu
     xq = xqda_block_scores(tr, [s.identity for s in train], np.array([s.view == GALLERY_VIEW for s in train]),
                            qf, gf, dims, cfg.xqda_pca, cfg.xqda_lambda)
     for name, s in (("heads", scores), ("xqda", xq)):
-        r = retrieval_summary(ranks_from_scores(s, q_ids, g_ids))
-        extra[f"{name}:recall@1"], extra[f"{name}:mean_rank"] = r["recall@1"], r["mean_rank"]
+        _record_ablation(extra, name, s, q_ids, g_ids)
     return row_zscore(scores) + cfg.xqda_weight * row_zscore(xq)
 
 
@@ -632,8 +638,7 @@ def _query_set(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], qu
     dorsal = HandsSplit.queries(train)
     (tr, dims), (qf, _) = bank.xqda_features(dorsal), bank.xqda_features(queries)
     similarity = same_view_block_scores(tr, [s.identity for s in dorsal], qf, dims, cfg.xqda_pca, cfg.xqda_lambda)
-    r = retrieval_summary(ranks_from_scores(scores, q_ids, g_ids))
-    extra["single_query:recall@1"], extra["single_query:mean_rank"] = r["recall@1"], r["mean_rank"]
+    _record_ablation(extra, "single_query", scores, q_ids, g_ids)
     return query_set_scores(scores, similarity, cfg.query_neighbours, cfg.query_neighbour_weight)
 
 
