@@ -22,7 +22,6 @@ import json
 import os
 import re
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from biomatch.hands.protocol import (
     seed_role,
 )
 from biomatch.hands.sessions import cross_session_queries, session_breakdown
-from biomatch.metrics.retrieval import bootstrap_ci, identity_first_ranks
+from biomatch.metrics.retrieval import bootstrap_ci, excess_rank_by_identity, identity_first_ranks
 from biomatch.models.onnx_features import feature_runtime
 from biomatch.paths import REPO_ROOT
 from biomatch.results import (
@@ -109,13 +108,15 @@ def run_config(path: str, seeds: Sequence[int], role: str, samples, device: str,
         by_identity = identity_first_ranks(r.score_matrix(), [q.identity for q in r.queries],
                                            [g.identity for g in r.gallery])
         rec = {"seed": seed, **{m: r.metrics[m] for m in METRICS},
-               **{k: v for k, v in r.metrics.items() if k.startswith(("fta", "geo", "single_query"))},
+               **{k: v for k, v in r.metrics.items() if k.startswith(("fta", "geo", "single_query", "translation", "before_translation"))},
                "recall@1_ci95": list(ci), "identity_mean_rank": float(by_identity.mean()),
                "n_queries": len(r.queries), "n_gallery": len(r.gallery),
                "n_gallery_subjects": len({g.identity for g in r.gallery}),
                "rank_histogram": rank_histogram(r.ranks.first_rank),
                "worst_queries": worst_queries(r, 10),
-               "sessions": session_breakdown(r.ranks.first_rank, r.queries, r.gallery), "train_s": r.timing["train_s"],
+               "sessions": session_breakdown(r.ranks.first_rank, r.queries, r.gallery),
+               "excess_rank": excess_record(r.ranks.first_rank, [q.identity for q in r.queries]),
+               "train_s": r.timing["train_s"],
                "features_s": r.timing["features_s"], "commit": git_commit(),
                "load_before": list(load_before), "load_after": list(os.getloadavg()),
                "feature_runtime": feature_runtime(device)}
@@ -274,6 +275,34 @@ def _derive_tuning(results: dict[str, dict[str, dict]]) -> list[str]:
 
 
 MEAN_RANK_GOAL = 2.5  # issue #14: the best method's report mean rank
+EXCESS_TOP = 5  # subjects named per seed in the "where the mean rank comes from" record
+
+
+def excess_record(first_rank: Sequence[int], query_ids: Sequence[str]) -> dict:
+    """Σ(first rank − 1) of one seed, its subject count, and the `EXCESS_TOP` subjects with the most
+    of it (biomatch.metrics.retrieval.excess_rank_by_identity)."""
+    parts = excess_rank_by_identity(first_rank, query_ids)
+    return {"total": sum(p.excess for p in parts), "n_subjects": len(parts),
+            "top": [{"subject": p.identity, "n_queries": p.n_queries, "excess": p.excess} for p in parts[:EXCESS_TOP]]}
+
+
+def pooled_excess(per_seed: Sequence[dict]) -> str:
+    """One sentence: per seed, the share of Σ(rank − 1) the `EXCESS_TOP` subjects with the most of it
+    carry; "" where no seed recorded it."""
+    recs = [p for p in per_seed if "excess_rank" in p]
+    if not recs:
+        return ""
+    shares = [sum(t["excess"] for t in p["excess_rank"]["top"]) / p["excess_rank"]["total"]
+              for p in recs if p["excess_rank"]["total"]]
+    worst = [max(p["excess_rank"]["top"], key=lambda t: t["excess"]) for p in recs if p["excess_rank"]["top"]]
+    if not shares:
+        return ""
+    return (f"Where the mean rank comes from (`excess_rank` per seed): mean rank = 1 + Σ(rank − 1) / queries, and on "
+            f"seeds {[p['seed'] for p in recs]} the {EXCESS_TOP} subjects (of ~{recs[0]['excess_rank']['n_subjects']}) "
+            f"with the most Σ(rank − 1) carry {np.mean(shares):.0%} of it (per seed {min(shares):.0%}–{max(shares):.0%});"
+            f" the single worst subject per seed: " + ", ".join(
+                f"{w['subject']} ({w['n_queries']} queries, mean rank {1 + w['excess'] / w['n_queries']:.1f})"
+                for w in worst) + ". A seed's mean rank mostly says whether such subjects fell into its test set.")
 
 
 def pooled_sessions(per_seed: Sequence[dict]) -> str:
@@ -312,23 +341,36 @@ def pooled_sessions(per_seed: Sequence[dict]) -> str:
             + " A diagnostic only: the protocol and the headline columns keep every query.")
 
 
-def single_query_notes(results: dict[str, dict[str, dict]]) -> list[str]:
-    """Per query-set row (`query_neighbours`): the same runs' numbers before the query-set step
-    (the single-query protocol), pooled as the columns are (mean over seeds), per role."""
+def same_run_notes(results: dict[str, dict[str, dict]], key: str, step: str, protocol: str = "") -> list[str]:
+    """Per row whose seeds all recorded `key`:recall@1 / `key`:mean_rank (the same run scored
+    before a step that runs last: the query-set step, the translation): those numbers pooled as the
+    columns are (mean over seeds), per role, beside the row's own."""
     notes = []
     for name, recs in sorted(results.items()):
         parts = []
         for role in ("tuning", "report"):
             rec = recs.get(role)
-            if rec is None or not all("single_query:mean_rank" in p for p in rec["per_seed"]):
+            if rec is None or not all(f"{key}:mean_rank" in p for p in rec["per_seed"]):
                 continue
-            r1, mr = (float(np.mean([p[f"single_query:{m}"] for p in rec["per_seed"]])) for m in ("recall@1", "mean_rank"))
+            r1, mr = (float(np.mean([p[f"{key}:{m}"] for p in rec["per_seed"]])) for m in ("recall@1", "mean_rank"))
+            lower = sum(p["mean_rank"] < p[f"{key}:mean_rank"] for p in rec["per_seed"])
             parts.append(f"{role} seeds {rec['seeds']}: {r1:.3f} / {mr:.2f} (with it {rec['metrics']['recall@1']['mean']:.3f}"
-                         f" / {rec['metrics']['mean_rank']['mean']:.2f})")
+                         f" / {rec['metrics']['mean_rank']['mean']:.2f}, mean rank lower on {lower} of "
+                         f"{len(rec['per_seed'])})")
         if parts:
-            notes.append(f"{name} without its query-set step, the very same runs (single-query protocol, R@1 / mean "
-                         f"rank): " + "; ".join(parts) + ".")
+            notes.append(f"{name} without its {step}, the very same runs ({protocol}R@1 / mean rank): "
+                         + "; ".join(parts) + ".")
     return notes
+
+
+def single_query_notes(results: dict[str, dict[str, dict]]) -> list[str]:
+    """Per query-set row (`query_neighbours`): the same runs' numbers before the query-set step."""
+    return same_run_notes(results, "single_query", "query-set step", "single-query protocol, ")
+
+
+def translation_notes(results: dict[str, dict[str, dict]]) -> list[str]:
+    """Per translation row (`translation_weight`): the same runs' numbers before the translation."""
+    return same_run_notes(results, "before_translation", "dorsal-to-palm translation")
 
 
 def measured_on(results: dict[str, dict[str, dict]]) -> str:
@@ -364,7 +406,7 @@ def write_section() -> None:
     for ref_name, ref in REFERENCES.values():
         rows.append([f"reference: {ref_name}", "published, 1 split", "–", "–", f"{ref['recall@1']:.3f}",
                      f"{ref['mean_rank']:.2f}", f"{ref['recall@5']:.3f}", "–", "–", "–", "–"])
-    notes = list(derived_notes) + single_query_notes(results)
+    notes = list(derived_notes) + single_query_notes(results) + translation_notes(results)
     ort = sorted(n for n, recs in results.items()
                  if any(p.get("feature_runtime") == "onnxruntime" for rec in recs.values() for p in rec["per_seed"]))
     if ort:
@@ -390,6 +432,9 @@ def write_section() -> None:
                             f"palms): {np.mean(by_identity):.2f} ± {np.std(by_identity):.2f} over the same seeds, vs "
                             f"{rec['metrics']['mean_rank']['mean']:.2f} counting palms. The difference is impostor "
                             f"subjects' extra palms above the true one.")
+            excess = pooled_excess(rec["per_seed"])
+            if excess:
+                tail.append(excess)
             sessions = pooled_sessions(rec["per_seed"])
             if sessions:
                 pics = sorted(PLOTS.glob("sessions_*.png"))

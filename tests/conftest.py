@@ -55,6 +55,19 @@ def hands_samples():
     return load_hands()
 
 
+@pytest.fixture(scope="session")
+def tiny_fusion_case(hands_samples):
+    """A 40-subject split and the fields of a one-epoch tiny-CNN method with XQDA fusion: the
+    cheapest run_method that exercises the score-fusion steps that run after the heads."""
+    from biomatch.hands.protocol import make_split
+
+    ids = sorted({s.identity for s in hands_samples})[:40]
+    split = make_split([s for s in hands_samples if s.identity in ids], seed=0)
+    fields = dict(name="t", backbones=["tiny_cnn"], objective="cross_view", sampler="pk_view", p=4, k=4, epochs=1,
+                  batches_per_epoch=2, head_dims=[16, 8], train_on_val=True, xqda_weight=0.3, xqda_pca=8)
+    return split, fields
+
+
 @pytest.fixture()
 def tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("BIOMATCH_CACHE", str(tmp_path / "cache"))

@@ -149,6 +149,21 @@ def test_pooled_sessions_weigh_seeds_by_their_queries(bench):
     assert "cross-session: 18 queries, R@1 0.000, mean rank 33.33 (a random gallery order: 37.00)" in text
 
 
+def test_excess_record_and_its_pooled_sentence(bench):
+    rec = bench.excess_record([9, 1, 3, 2, 1, 1, 1, 4], list("babcdefg"))
+    # per subject Σ(rank − 1): b 10, g 3, c 1, the rest 0; the top EXCESS_TOP (5) are kept
+    assert rec["total"] == 14 and rec["n_subjects"] == 7 and len(rec["top"]) == bench.EXCESS_TOP
+    assert rec["top"][:3] == [{"subject": "b", "n_queries": 2, "excess": 10},
+                              {"subject": "g", "n_queries": 1, "excess": 3},
+                              {"subject": "c", "n_queries": 1, "excess": 1}]
+    other = bench.excess_record([2, 2, 2, 2, 2, 11], list("uvwxyz"))  # total 15, the top 5 carry 10 + 4·1 = 14
+    text = bench.pooled_excess([{"seed": 3, "excess_rank": rec}, {"seed": 4, "excess_rank": other}, {"seed": 5}])
+    assert "on seeds [3, 4] the 5 subjects" in text
+    assert "carry 97% of it (per seed 93%–100%)" in text  # mean of 14/14 and 14/15
+    assert "b (2 queries, mean rank 6.0), z (1 queries, mean rank 11.0)" in text
+    assert bench.pooled_excess([{"seed": 1}]) == ""
+
+
 def test_row_kinds(bench):
     assert bench.row_kind("hands_e10_p32") == "method e"
     assert bench.row_kind("hands_e10x_parts") == "method e"
@@ -170,5 +185,14 @@ def test_query_set_rows_also_show_their_single_query_numbers(bench):
                "plain": {"tuning": {"seeds": [0], "per_seed": [{"seed": 0, "recall@1": 0.5, "mean_rank": 3.0}]}}}
     notes = bench.single_query_notes(results)
     assert notes == ["x_qn without its query-set step, the very same runs (single-query protocol, R@1 / mean rank): "
-                     "tuning seeds [0, 1]: 0.750 / 2.50 (with it 0.850 / 1.75); "
-                     "report seeds [10]: 0.600 / 4.00 (with it 0.700 / 3.00)."]
+                     "tuning seeds [0, 1]: 0.750 / 2.50 (with it 0.850 / 1.75, mean rank lower on 2 of 2); "
+                     "report seeds [10]: 0.600 / 4.00 (with it 0.700 / 3.00, mean rank lower on 1 of 1)."]
+    # the translation rows read their own key the same way
+    moved = {"x_tr": {"tuning": {**rec([0, 1], [(0.7, 3.0), (0.8, 2.0)], [(0.8, 2.0), (0.9, 2.5)])}}}
+    for p in moved["x_tr"]["tuning"]["per_seed"]:
+        p["before_translation:recall@1"], p["before_translation:mean_rank"] = (p.pop("single_query:recall@1"),
+                                                                               p.pop("single_query:mean_rank"))
+    assert bench.translation_notes(moved) == [
+        "x_tr without its dorsal-to-palm translation, the very same runs (R@1 / mean rank): tuning seeds [0, 1]: "
+        "0.750 / 2.50 (with it 0.850 / 2.25, mean rank lower on 1 of 2)."]
+    assert bench.single_query_notes(moved) == []

@@ -186,3 +186,37 @@ def test_run_method_score_fusion_and_side_bonus(hands_samples, tmp_path):
     assert isinstance(res.model, FusionHead) and len(res.model.parts) == 2
     assert res.query_emb.shape[1] == 32
     assert 0 <= res.metrics["recall@1"] <= 1
+
+
+def _query_set_changes_more_than_the_scale(plain: np.ndarray, final: np.ndarray) -> None:
+    from biomatch.hands.xqda import row_zscore
+
+    assert not np.allclose(final, row_zscore(plain))
+
+
+def _translation_adds_a_zscored_row_at_its_weight(plain: np.ndarray, final: np.ndarray) -> None:
+    # after XQDA's fusion the scores are already z-scored: 0.1 × a z-scored row is added as it is
+    np.testing.assert_allclose((final - plain).mean(1), 0, atol=1e-9)
+    np.testing.assert_allclose((final - plain).std(1), 0.1, atol=1e-6)
+
+
+@pytest.mark.parametrize("fields,before,check", [
+    (dict(query_neighbours=3, query_neighbour_weight=1.0), "single_query", _query_set_changes_more_than_the_scale),
+    (dict(translation_weight=0.1, translation_lambda=1.0), "before_translation",
+     _translation_adds_a_zscored_row_at_its_weight),
+])
+def test_a_late_fusion_step_records_the_same_runs_numbers_before_it(tiny_fusion_case, tmp_path, fields, before, check):
+    """The query-set step and the translation run after the heads and XQDA: the run records what
+    it scored before the step (equal to a run without it) and ranks by the final scores."""
+    from biomatch.hands.methods import run_method
+    from biomatch.metrics.retrieval import ranks_from_scores, retrieval_summary
+
+    split, base = tiny_fusion_case
+    plain = run_method(MethodConfig(**base), split, cache=tmp_path, progress=False)
+    stepped = run_method(MethodConfig(**base, **fields), split, cache=tmp_path, progress=False)
+    for metric in ("mean_rank", "recall@1"):
+        assert stepped.metrics[f"{before}:{metric}"] == pytest.approx(plain.metrics[metric])
+    q_ids, g_ids = [s.identity for s in stepped.queries], [s.identity for s in stepped.gallery]
+    assert stepped.metrics["mean_rank"] == retrieval_summary(ranks_from_scores(stepped.score_matrix(), q_ids,
+                                                                               g_ids))["mean_rank"]
+    check(plain.score_matrix(), stepped.score_matrix())

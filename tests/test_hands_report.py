@@ -11,7 +11,7 @@ from biomatch.hands.methods import RunResult
 from biomatch.hands.protocol import HandsSplit, make_split
 from biomatch.metrics.retrieval import retrieval_ranks, retrieval_summary
 from biomatch.training import History
-from biomatch.viz.hands_report import COLUMN_HELP, rank_histogram, worst_queries, write_hands_report
+from biomatch.viz.hands_report import COLUMN_HELP, excess_sentence, rank_histogram, worst_queries, write_hands_report
 
 
 def _result(split, seed=0):
@@ -30,6 +30,16 @@ def _result(split, seed=0):
 def test_rank_histogram_counts_every_query():
     h = rank_histogram([1, 1, 2, 3, 4, 5, 6, 10, 11, 20, 21, 300])
     assert h == {"1": 2, "2": 1, "3": 1, "4-5": 2, "6-10": 2, "11-20": 2, ">20": 2}
+
+
+def test_excess_sentence_names_the_subjects_that_carry_the_mean_rank():
+    # Σ(rank − 1) = 8 + 0 + 2 + 1 = 11; subject "b" carries 8 + 2 = 10 of it
+    text = excess_sentence([9, 1, 3, 2], ["b", "a", "b", "c"], n=1)
+    assert "Σ(rank − 1) = 11 here" in text and "The 1 subjects (of 3)" in text and "carry 91%" in text
+    assert "b (2 queries, mean rank 6.0)" in text
+    # subjects whose queries all rank first are not named among the "most"
+    assert "a (" not in excess_sentence([9, 1, 3, 2], ["b", "a", "b", "c"], n=5)
+    assert excess_sentence([1, 1], ["a", "b"]) == "Every query ranks a correct palm first."
 
 
 def test_worst_queries_are_the_lowest_ranked_with_their_true_palm(hands_samples):
@@ -59,6 +69,7 @@ def test_report_explains_columns_and_shows_the_tail(hands_samples, tmp_path, tmp
         assert COLUMN_HELP[column] in md
     assert "rank 1" in md and "worst queries" in md and "aligned" in md.lower()
     assert "command: `biomatch demo`" in md and "mean 1.0, max 2.0" in md and "train + val" in md
+    assert "Where the mean rank comes from" in md and "Where the mean rank comes from" in page.read_text()
     assert "features computed with: onnxruntime" in md
     for png in ("worst_queries.png", "aligned_crops.png", "cmc.png"):
         with Image.open(tmp_path / png) as im:

@@ -233,3 +233,29 @@ def test_chance_first_rank_names_bad_counts():
         chance_first_rank(5, 0)
     with pytest.raises(InputError, match="n_gallery=2"):
         chance_first_rank(2, 3)
+
+
+def test_excess_rank_by_identity_sums_to_the_mean_rank_and_matches_a_slow_loop():
+    """Σ(rank − 1) per query identity, largest first; 1 + its total / queries is the mean rank."""
+    from biomatch.metrics.retrieval import excess_rank_by_identity, top_identity_share
+
+    rng = np.random.default_rng(5)
+    labels = rng.choice(list("abcdefg"), 40)
+    ranks = rng.integers(1, 30, 40)
+    parts = excess_rank_by_identity(ranks, labels)
+    for p in parts:
+        own = [r for r, lab in zip(ranks, labels) if lab == p.identity]
+        assert (p.n_queries, p.excess) == (len(own), sum(r - 1 for r in own))
+        assert p.mean_rank == pytest.approx(np.mean(own))
+    assert [p.excess for p in parts] == sorted((p.excess for p in parts), reverse=True)
+    assert 1 + sum(p.excess for p in parts) / len(ranks) == pytest.approx(ranks.mean())
+    assert top_identity_share(ranks, labels, n=2) == pytest.approx(
+        sum(p.excess for p in parts[:2]) / sum(p.excess for p in parts))
+    assert top_identity_share(ranks, labels, n=99) == pytest.approx(1.0)
+    assert top_identity_share([1, 1, 1], "abc") == 0.0  # every query first: nothing to share
+    with pytest.raises(InputError, match="one first rank per query label"):
+        excess_rank_by_identity([1, 2], "abc")
+    with pytest.raises(InputError, match="1-based"):
+        excess_rank_by_identity([0, 2], "ab")
+    with pytest.raises(InputError, match="n must be >= 1"):
+        top_identity_share([1, 2], "ab", n=0)

@@ -107,6 +107,11 @@ class MethodConfig(BaseModel):
     # dorsal→dorsal similarity from XQDA on the training dorsals (xqda_pca, xqda_lambda). 0 = off.
     query_neighbours: int = Field(default=0, ge=0)
     query_neighbour_weight: float = Field(default=1.0, ge=0)
+    # Dorsal → palm translation (biomatch.hands.translation, fitted on the training images only):
+    # final = (the scores above, z-scored unless XQDA already did) + translation_weight × z(Σ_backbones
+    # z(cosine of the ridge-translated query and each palm, PCA-whitened to xqda_pca dims)). 0 = off.
+    translation_weight: float = Field(default=0.0, ge=0)
+    translation_lambda: float = Field(default=1.0, ge=0)
     # What the tuning seeds said about this variant (shown in BENCHMARKS.md beside its row).
     verdict: str = ""
 
@@ -134,6 +139,8 @@ class MethodConfig(BaseModel):
     def _query_set_needs_frozen(self) -> MethodConfig:
         if self.query_neighbours and self.mode != "frozen":
             raise ValueError("query_neighbours reads the frozen features of the queries: needs mode: frozen")
+        if self.translation_weight and self.mode != "frozen":
+            raise ValueError("translation_weight reads the frozen features: needs mode: frozen")
         return self
 
     @model_validator(mode="after")

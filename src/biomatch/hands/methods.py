@@ -560,7 +560,8 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
         extra["fta_count"] = float((~ok).sum())
     scores = None
     if (cfg.rerank == "none" and cfg.side_bonus == 0 and cfg.geometry_weight == 0 and not cfg.cohort_k
-            and not cfg.identity_weight and not cfg.xqda_weight and not cfg.query_neighbours):
+            and not cfg.identity_weight and not cfg.xqda_weight and not cfg.query_neighbours
+            and not cfg.translation_weight):
         ranks = retrieval_ranks(q_emb, g_emb, q_ids, g_ids)
     else:
         from biomatch.hands.rerank import rerank_scores
@@ -594,6 +595,8 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
         scores = boosted(scores)
         if cfg.xqda_weight:
             scores = _fuse_xqda(cfg, bank, train, queries, gallery, scores, q_ids, g_ids, extra)
+        if cfg.translation_weight:
+            scores = _fuse_translation(cfg, bank, train, queries, gallery, scores, q_ids, g_ids, extra)
         if cfg.query_neighbours:
             scores = _query_set(cfg, bank, train, queries, scores, q_ids, g_ids, extra)
         ranks = ranks_from_scores(scores, q_ids, g_ids)
@@ -626,6 +629,24 @@ def _fuse_xqda(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], qu
     for name, s in (("heads", scores), ("xqda", xq)):
         _record_ablation(extra, name, s, q_ids, g_ids)
     return row_zscore(scores) + cfg.xqda_weight * row_zscore(xq)
+
+
+def _fuse_translation(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], queries: Sequence[Sample],
+                      gallery: Sequence[Sample], scores: np.ndarray, q_ids: Sequence[str], g_ids: Sequence[str],
+                      extra: dict[str, float]) -> np.ndarray:
+    """(scores, z-scored unless XQDA's fusion already did) + translation_weight × z(translation
+    block scores) (biomatch.hands.translation); the fusion before this step and the translation
+    alone go to `extra`."""
+    from biomatch.hands.translation import translation_block_scores
+    from biomatch.hands.xqda import row_zscore
+
+    (tr, dims), (qf, _), (gf, _) = (bank.xqda_features(s) for s in (train, queries, gallery))
+    moved = translation_block_scores(tr, [s.identity for s in train],
+                                     np.array([s.view == GALLERY_VIEW for s in train]), qf, gf, dims,
+                                     cfg.xqda_pca, cfg.translation_lambda)
+    for name, s in (("before_translation", scores), ("translation", moved)):
+        _record_ablation(extra, name, s, q_ids, g_ids)
+    return (scores if cfg.xqda_weight else row_zscore(scores)) + cfg.translation_weight * row_zscore(moved)
 
 
 def _query_set(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], queries: Sequence[Sample],

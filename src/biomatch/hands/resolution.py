@@ -120,6 +120,9 @@ def score_variant(cfg: MethodConfig, model: nn.Module, train_bank, train: Sequen
 
     if cfg.rerank != "none" or cfg.side_bonus or cfg.query_neighbours:
         raise InputError("score_variant supports neither re-ranking (rerank, query_neighbours) nor the side bonus")
+    unsupported = [f for f in ("cohort_k", "identity_weight", "xqda_weight", "translation_weight") if getattr(cfg, f)]
+    if unsupported:  # scoring without them would report another method's numbers under this name
+        raise InputError(f"score_variant scores heads (+ geometry) only; this method also sets {', '.join(unsupported)}")
     queries, gallery = HandsSplit.queries(test), HandsSplit.gallery(test)
     if not queries or not gallery:
         raise InputError(f"test images need both {QUERY_VIEW} and {GALLERY_VIEW} views")

@@ -11,7 +11,7 @@ views), so it is written here, with loop-checked tests. Pure functions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -128,11 +128,13 @@ def row_zscore(scores: np.ndarray) -> np.ndarray:
     return (s - s.mean(1, keepdims=True)) / (s.std(1, keepdims=True) + 1e-12)
 
 
-def xqda_block_scores(train: np.ndarray, train_ids: Sequence[str], train_is_gallery: np.ndarray,
-                      queries: np.ndarray, gallery: np.ndarray, widths: Sequence[int], pca_dims: int,
-                      regularization: float) -> np.ndarray:
-    """Σ over feature blocks (one per backbone) of the row-z-scored negative XQDA distance, each
-    block whitened (PCA to `pca_dims`) and fitted on the training images of its own."""
+def whitened_block_sum(train: np.ndarray, train_ids: Sequence[str], train_is_gallery: np.ndarray,
+                       queries: np.ndarray, gallery: np.ndarray, widths: Sequence[int], pca_dims: int,
+                       block_scores: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+                       ) -> np.ndarray:
+    """Σ over feature blocks (one per backbone) of the row-z-scored `block_scores(train, ids,
+    is_gallery, queries, gallery)`, each block PCA-whitened to `pca_dims` on its training rows
+    first: the frame XQDA and the translation (biomatch.hands.translation) share."""
     ids = np.asarray(train_ids)
     view = np.asarray(train_is_gallery, bool)
     bounds = np.cumsum([0, *widths])
@@ -141,10 +143,21 @@ def xqda_block_scores(train: np.ndarray, train_ids: Sequence[str], train_is_gall
     total = np.zeros((queries.shape[0], gallery.shape[0]))
     for lo, hi in zip(bounds[:-1], bounds[1:]):
         white = fit_whitening(train[:, lo:hi], pca_dims)
-        t = white(train[:, lo:hi])
-        model = fit_xqda(t[view], t[~view], ids[view], ids[~view], regularization)
-        total += row_zscore(-model.distances(white(queries[:, lo:hi]), white(gallery[:, lo:hi])))
+        total += row_zscore(block_scores(white(train[:, lo:hi]), ids, view, white(queries[:, lo:hi]),
+                                         white(gallery[:, lo:hi])))
     return total
+
+
+def xqda_block_scores(train: np.ndarray, train_ids: Sequence[str], train_is_gallery: np.ndarray,
+                      queries: np.ndarray, gallery: np.ndarray, widths: Sequence[int], pca_dims: int,
+                      regularization: float) -> np.ndarray:
+    """Σ over feature blocks (one per backbone) of the row-z-scored negative XQDA distance, each
+    block whitened (PCA to `pca_dims`) and fitted on the training images of its own."""
+
+    def xqda(t: np.ndarray, ids: np.ndarray, view: np.ndarray, q: np.ndarray, g: np.ndarray) -> np.ndarray:
+        return -fit_xqda(t[view], t[~view], ids[view], ids[~view], regularization).distances(q, g)
+
+    return whitened_block_sum(train, train_ids, train_is_gallery, queries, gallery, widths, pca_dims, xqda)
 
 
 def alternate_halves(ids: Sequence[str]) -> np.ndarray:

@@ -233,6 +233,55 @@ def chance_first_rank(n_gallery: int, n_positive: int) -> float:
     return (n_gallery + 1) / (n_positive + 1)
 
 
+@dataclass(frozen=True)
+class IdentityExcess:
+    """One query identity's share of a mean rank: its queries and Σ(first rank − 1) over them."""
+
+    identity: str
+    n_queries: int
+    excess: int
+
+    @property
+    def mean_rank(self) -> float:
+        return 1 + self.excess / self.n_queries
+
+
+def excess_rank_by_identity(first_rank: Sequence[int] | np.ndarray, query_labels: Sequence) -> list[IdentityExcess]:
+    """Per query identity, Σ(first rank − 1) over its queries, largest first (ties by identity).
+
+    Why: mean rank = 1 + Σ(rank − 1) / n_queries, so this says whose queries the mean rank above 1
+    comes from; when a few subjects carry most of it, a split's mean rank mostly says whether
+    those subjects fell into its test set.
+
+    >>> [(e.identity, e.n_queries, e.excess) for e in excess_rank_by_identity([1, 9, 3, 1, 2], "abbca")]
+    [('b', 2, 10), ('a', 2, 1), ('c', 1, 0)]
+    """
+    r = np.asarray(first_rank)
+    if r.ndim != 1 or len(r) != len(query_labels):
+        raise InputError(f"need one first rank per query label, got {r.shape} ranks and {len(query_labels)} labels")
+    if len(r) and r.min() < 1:
+        raise InputError(f"first ranks are 1-based, got a minimum of {r.min()}")
+    counts: dict[str, list[int]] = {}
+    for label, rank in zip(query_labels, r.tolist()):
+        c = counts.setdefault(str(label), [0, 0])
+        c[0], c[1] = c[0] + 1, c[1] + int(rank) - 1
+    return sorted((IdentityExcess(k, n, e) for k, (n, e) in counts.items()), key=lambda x: (-x.excess, x.identity))
+
+
+def top_identity_share(first_rank: Sequence[int] | np.ndarray, query_labels: Sequence, n: int = 5) -> float:
+    """Share of Σ(first rank − 1) carried by the `n` query identities with the most of it (0 when
+    every query ranks its match first).
+
+    >>> top_identity_share([1, 9, 3, 1, 2], "abbca", n=1)
+    0.9090909090909091
+    """
+    if n < 1:
+        raise InputError(f"n must be >= 1, got {n}")
+    parts = excess_rank_by_identity(first_rank, query_labels)
+    total = sum(p.excess for p in parts)
+    return sum(p.excess for p in parts[:n]) / total if total else 0.0
+
+
 def recall_at_k(first_rank: np.ndarray, k: int) -> float:
     """Fraction of queries whose first correct item is within the top k (= CMC@k)."""
     return float(np.mean(np.asarray(first_rank) <= k))

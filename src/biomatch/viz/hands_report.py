@@ -11,7 +11,7 @@ import numpy as np
 
 from biomatch.data.datasets import Sample
 from biomatch.hands.methods import RunResult
-from biomatch.metrics.retrieval import bootstrap_ci
+from biomatch.metrics.retrieval import bootstrap_ci, excess_rank_by_identity
 from biomatch.results import machine_description, markdown_table
 from biomatch.viz.retrieval_plots import plot_cmc, plot_training_curves, retrieval_strip
 
@@ -28,6 +28,20 @@ def rank_histogram(first_ranks: Sequence[int] | np.ndarray) -> dict[str, int]:
         label = str(lo) if lo == hi else (f">{lo - 1}" if hi >= 10**9 else f"{lo}-{hi}")
         out[label] = int(((r >= lo) & (r <= hi)).sum())
     return out
+
+
+def excess_sentence(first_rank: Sequence[int] | np.ndarray, query_labels: Sequence[str], n: int = 5) -> str:
+    """Where a mean rank above 1 comes from: Σ(first rank − 1) and the share of it that the `n`
+    subjects with the most carry (`biomatch.metrics.retrieval.excess_rank_by_identity`)."""
+    parts = excess_rank_by_identity(first_rank, query_labels)
+    total = sum(p.excess for p in parts)
+    if not total:
+        return "Every query ranks a correct palm first."
+    top = [p for p in parts[:n] if p.excess]
+    return (f"Where the mean rank comes from: mean rank = 1 + Σ(rank − 1) / queries, and Σ(rank − 1) = {total} here. "
+            f"The {len(top)} subjects (of {len(parts)}) with the most of it carry {sum(p.excess for p in top) / total:.0%}: "
+            + "; ".join(f"{p.identity} ({p.n_queries} queries, mean rank {p.mean_rank:.1f})" for p in top)
+            + ". So a split's mean rank mostly says whether such subjects fell into its test set.")
 
 
 def worst_queries(result: RunResult, n: int = 10, k: int = 5) -> list[dict]:
@@ -211,6 +225,7 @@ def write_hands_report(results: Sequence[RunResult], out_dir: Path, title: str =
     hist = {r.method: rank_histogram(r.ranks.first_rank) for r in results}
     bins = list(next(iter(hist.values())))
     hist_table = markdown_table(["method", *[f"rank {b}" for b in bins]], [[m, *h.values()] for m, h in hist.items()])
+    excess = f"{best.method}: " + excess_sentence(best.ranks.first_rank, [q.identity for q in best.queries])
     aligned = plot_aligned_examples(split, out_dir / "aligned_crops.png") if split is not None else None
     budgets = run_info.get("budgets", {})
     load = run_info.get("load_during_run")
@@ -249,7 +264,7 @@ def write_hands_report(results: Sequence[RunResult], out_dir: Path, title: str =
     md_parts = [
         f"# {title}", notes or "", f"Machine: {machine_description()}.", "## Results", table, footnote,
         "Columns:\n" + legend,
-        "## Where the first correct palm lands (queries per rank)", hist_table,
+        "## Where the first correct palm lands (queries per rank)", hist_table, excess,
         "## CMC", f"![CMC]({cmc.name})", "## Training", f"![curves]({curves.name})",
         f"## Retrieval examples ({best.method})", strip_caption, f"![examples]({strip.name})",
         f"## 10 worst queries ({best.method})", worst_caption, f"![worst]({worst.name})",
@@ -285,7 +300,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{max-width:10
 <h2>Results</h2><table><tr>{cells(header, "th")}</tr>{html_rows}</table><p>{esc(footnote)}</p>
 <p>Columns:</p><ul>{legend_html}</ul>
 <h2>Where the first correct palm lands (queries per rank)</h2>
-<table><tr>{cells(["method", *[f"rank {b}" for b in bins]], "th")}</tr>{hist_rows}</table>
+<table><tr>{cells(["method", *[f"rank {b}" for b in bins]], "th")}</tr>{hist_rows}</table><p>{esc(excess)}</p>
 <h2>CMC</h2><img src="{cmc.name}"><h2>Training</h2><img src="{curves.name}">
 <h2>Retrieval examples ({esc(best.method)})</h2><p>{esc(strip_caption)}</p><img src="{strip.name}">
 <h2>10 worst queries ({esc(best.method)})</h2><p>{esc(worst_caption)}</p><img src="{worst.name}">
