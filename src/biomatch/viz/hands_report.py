@@ -11,7 +11,7 @@ import numpy as np
 
 from biomatch.data.datasets import Sample
 from biomatch.hands.methods import RunResult
-from biomatch.metrics.retrieval import bootstrap_ci, excess_rank_by_identity
+from biomatch.metrics.retrieval import bootstrap_ci, excess_rank_by_identity, top_identity_share
 from biomatch.results import machine_description, markdown_table
 from biomatch.viz.retrieval_plots import plot_cmc, plot_training_curves, retrieval_strip
 
@@ -39,7 +39,8 @@ def excess_sentence(first_rank: Sequence[int] | np.ndarray, query_labels: Sequen
         return "Every query ranks a correct palm first."
     top = [p for p in parts[:n] if p.excess]
     return (f"Where the mean rank comes from: mean rank = 1 + Σ(rank − 1) / queries, and Σ(rank − 1) = {total} here. "
-            f"The {len(top)} subjects (of {len(parts)}) with the most of it carry {sum(p.excess for p in top) / total:.0%}: "
+            f"The {len(top)} subjects (of {len(parts)}) with the most of it carry "
+            f"{top_identity_share(first_rank, query_labels, n):.0%}: "
             + "; ".join(f"{p.identity} ({p.n_queries} queries, mean rank {p.mean_rank:.1f})" for p in top)
             + ". So a split's mean rank mostly says whether such subjects fell into its test set.")
 
