@@ -93,3 +93,23 @@ def test_translation_finds_the_subject_across_a_view_change():
     test_ids, test_dorsal, test_palm = photos(20, 1)
     s = translation_block_scores(train, train_ids, is_gallery, test_dorsal, test_palm, [8], 8, 1e-3)
     assert (s.argmax(1) == np.arange(20)).mean() >= 0.95
+
+
+def test_given_whitenings_give_the_same_scores_as_fitting_them():
+    """run_method fits the per-block whitening once and hands it to XQDA and the translation."""
+    from biomatch.hands.xqda import fit_block_whitenings, xqda_block_scores
+
+    rng = np.random.default_rng(4)
+    ids = np.repeat([f"s{i}" for i in range(10)], 4)
+    gallery_view = np.tile([False, True], 20)
+    train, queries, gallery = rng.normal(size=(40, 6)), rng.normal(size=(3, 6)), rng.normal(size=(5, 6))
+    shared = fit_block_whitenings(train, [2, 4], 2)
+    np.testing.assert_array_equal(translation_block_scores(train, ids, gallery_view, queries, gallery, [2, 4], 2, 1.0),
+                                  translation_block_scores(train, ids, gallery_view, queries, gallery, [2, 4], 2, 1.0,
+                                                           shared))
+    np.testing.assert_array_equal(xqda_block_scores(train, ids, gallery_view, queries, gallery, [2, 4], 2, 0.01),
+                                  xqda_block_scores(train, ids, gallery_view, queries, gallery, [2, 4], 2, 0.01, shared))
+    with pytest.raises(ValueError, match="1 whitenings for 2 feature blocks"):
+        translation_block_scores(train, ids, gallery_view, queries, gallery, [2, 4], 2, 1.0, shared[:1])
+    with pytest.raises(ValueError, match="do not add up"):
+        fit_block_whitenings(train, [2, 3], 2)

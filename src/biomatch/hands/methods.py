@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +33,9 @@ from biomatch.models.heads import EmbeddingModel, ProjectionHead
 from biomatch.models.onnx_features import on_runtime
 from biomatch.objectives import make_objective
 from biomatch.training import History, TrainConfig, fit, torch_threads
+
+if TYPE_CHECKING:
+    from biomatch.hands.xqda import Whitening
 
 
 @dataclass
@@ -593,10 +597,15 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
                 _record_ablation(extra, f"geo{w:g}", boosted(scores + w * geo_scores), q_ids, g_ids)
             scores = scores + cfg.geometry_weight * geo_scores
         scores = boosted(scores)
+        whitenings = None
+        if cfg.xqda_weight or cfg.translation_weight:  # both read the same per-block whitening: fit it once
+            from biomatch.hands.xqda import fit_block_whitenings
+
+            whitenings = fit_block_whitenings(*bank.xqda_features(train), cfg.xqda_pca)
         if cfg.xqda_weight:
-            scores = _fuse_xqda(cfg, bank, train, queries, gallery, scores, q_ids, g_ids, extra)
+            scores = _fuse_xqda(cfg, bank, train, queries, gallery, scores, q_ids, g_ids, extra, whitenings)
         if cfg.translation_weight:
-            scores = _fuse_translation(cfg, bank, train, queries, gallery, scores, q_ids, g_ids, extra)
+            scores = _fuse_translation(cfg, bank, train, queries, gallery, scores, q_ids, g_ids, extra, whitenings)
         if cfg.query_neighbours:
             scores = _query_set(cfg, bank, train, queries, scores, q_ids, g_ids, extra)
         ranks = ranks_from_scores(scores, q_ids, g_ids)
@@ -618,14 +627,14 @@ def _record_ablation(extra: dict[str, float], name: str, scores: np.ndarray, q_i
 
 def _fuse_xqda(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], queries: Sequence[Sample],
                gallery: Sequence[Sample], scores: np.ndarray, q_ids: Sequence[str], g_ids: Sequence[str],
-               extra: dict[str, float]) -> np.ndarray:
+               extra: dict[str, float], whitenings: Sequence[Whitening] | None = None) -> np.ndarray:
     """z(scores) + xqda_weight × z(XQDA block scores) on the frozen features (biomatch.hands.xqda);
     the heads alone and XQDA alone go to `extra` (a free ablation, like the geometry sweep)."""
     from biomatch.hands.xqda import row_zscore, xqda_block_scores
 
     (tr, dims), (qf, _), (gf, _) = (bank.xqda_features(s) for s in (train, queries, gallery))
     xq = xqda_block_scores(tr, [s.identity for s in train], np.array([s.view == GALLERY_VIEW for s in train]),
-                           qf, gf, dims, cfg.xqda_pca, cfg.xqda_lambda)
+                           qf, gf, dims, cfg.xqda_pca, cfg.xqda_lambda, whitenings)
     for name, s in (("heads", scores), ("xqda", xq)):
         _record_ablation(extra, name, s, q_ids, g_ids)
     return row_zscore(scores) + cfg.xqda_weight * row_zscore(xq)
@@ -633,7 +642,7 @@ def _fuse_xqda(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], qu
 
 def _fuse_translation(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], queries: Sequence[Sample],
                       gallery: Sequence[Sample], scores: np.ndarray, q_ids: Sequence[str], g_ids: Sequence[str],
-                      extra: dict[str, float]) -> np.ndarray:
+                      extra: dict[str, float], whitenings: Sequence[Whitening] | None = None) -> np.ndarray:
     """(scores, z-scored unless XQDA's fusion already did) + translation_weight × z(translation
     block scores) (biomatch.hands.translation); the fusion before this step and the translation
     alone go to `extra`."""
@@ -643,7 +652,7 @@ def _fuse_translation(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Samp
     (tr, dims), (qf, _), (gf, _) = (bank.xqda_features(s) for s in (train, queries, gallery))
     moved = translation_block_scores(tr, [s.identity for s in train],
                                      np.array([s.view == GALLERY_VIEW for s in train]), qf, gf, dims,
-                                     cfg.xqda_pca, cfg.translation_lambda)
+                                     cfg.xqda_pca, cfg.translation_lambda, whitenings)
     for name, s in (("before_translation", scores), ("translation", moved)):
         _record_ablation(extra, name, s, q_ids, g_ids)
     return (scores if cfg.xqda_weight else row_zscore(scores)) + cfg.translation_weight * row_zscore(moved)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from biomatch.hands.xqda import whitened_block_sum
+from biomatch.hands.xqda import Whitening, whitened_block_sum
 
 
 def fit_translation(queries: np.ndarray, gallery: np.ndarray, query_ids: Sequence[str], gallery_ids: Sequence[str],
@@ -51,14 +51,14 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 def translation_block_scores(train: np.ndarray, train_ids: Sequence[str], train_is_gallery: np.ndarray,
                              queries: np.ndarray, gallery: np.ndarray, widths: Sequence[int], pca_dims: int,
-                             regularization: float) -> np.ndarray:
+                             regularization: float, whitenings: Sequence[Whitening] | None = None) -> np.ndarray:
     """Σ over feature blocks (one per backbone) of the row-z-scored cosine between each query's
     translated features and each gallery row, every block whitened (PCA to `pca_dims`, fitted on
-    the training rows of both views, as XQDA's) and translated on its own."""
+    the training rows of both views, as XQDA's; or by `whitenings`) and translated on its own."""
 
     def translated_cosine(t: np.ndarray, ids: np.ndarray, view: np.ndarray, q: np.ndarray, g: np.ndarray) -> np.ndarray:
         w = fit_translation(t[~view], t[view], ids[~view], ids[view], regularization)
         return _unit_rows(q @ w) @ _unit_rows(g).T
 
     return whitened_block_sum(train, train_ids, train_is_gallery, queries, gallery, widths, pca_dims,
-                              translated_cosine)
+                              translated_cosine, whitenings)

@@ -128,21 +128,32 @@ def row_zscore(scores: np.ndarray) -> np.ndarray:
     return (s - s.mean(1, keepdims=True)) / (s.std(1, keepdims=True) + 1e-12)
 
 
-def whitened_block_sum(train: np.ndarray, train_ids: Sequence[str], train_is_gallery: np.ndarray,
-                       queries: np.ndarray, gallery: np.ndarray, widths: Sequence[int], pca_dims: int,
-                       block_scores: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
-                       ) -> np.ndarray:
-    """Σ over feature blocks (one per backbone) of the row-z-scored `block_scores(train, ids,
-    is_gallery, queries, gallery)`, each block PCA-whitened to `pca_dims` on its training rows
-    first: the frame XQDA and the translation (biomatch.hands.translation) share."""
-    ids = np.asarray(train_ids)
-    view = np.asarray(train_is_gallery, bool)
+def fit_block_whitenings(train: np.ndarray, widths: Sequence[int], pca_dims: int) -> list[Whitening]:
+    """One PCA whitening per feature block (backbone) of the training rows. XQDA and the
+    translation (biomatch.hands.translation) read the same ones: a run fits them once."""
     bounds = np.cumsum([0, *widths])
     if bounds[-1] != train.shape[1]:
         raise ValueError(f"block widths {list(widths)} do not add up to the feature width {train.shape[1]}")
+    return [fit_whitening(train[:, lo:hi], pca_dims) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def whitened_block_sum(train: np.ndarray, train_ids: Sequence[str], train_is_gallery: np.ndarray,
+                       queries: np.ndarray, gallery: np.ndarray, widths: Sequence[int], pca_dims: int,
+                       block_scores: Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+                       whitenings: Sequence[Whitening] | None = None) -> np.ndarray:
+    """Σ over feature blocks (one per backbone) of the row-z-scored `block_scores(train, ids,
+    is_gallery, queries, gallery)`, each block PCA-whitened to `pca_dims` on its training rows
+    first (or by `whitenings`, `fit_block_whitenings` of the same rows): the frame XQDA and the
+    translation (biomatch.hands.translation) share."""
+    ids = np.asarray(train_ids)
+    view = np.asarray(train_is_gallery, bool)
+    if whitenings is None:
+        whitenings = fit_block_whitenings(train, widths, pca_dims)
+    elif len(whitenings) != len(widths):
+        raise ValueError(f"{len(whitenings)} whitenings for {len(widths)} feature blocks")
+    bounds = np.cumsum([0, *widths])
     total = np.zeros((queries.shape[0], gallery.shape[0]))
-    for lo, hi in zip(bounds[:-1], bounds[1:]):
-        white = fit_whitening(train[:, lo:hi], pca_dims)
+    for lo, hi, white in zip(bounds[:-1], bounds[1:], whitenings):
         total += row_zscore(block_scores(white(train[:, lo:hi]), ids, view, white(queries[:, lo:hi]),
                                          white(gallery[:, lo:hi])))
     return total
@@ -150,14 +161,14 @@ def whitened_block_sum(train: np.ndarray, train_ids: Sequence[str], train_is_gal
 
 def xqda_block_scores(train: np.ndarray, train_ids: Sequence[str], train_is_gallery: np.ndarray,
                       queries: np.ndarray, gallery: np.ndarray, widths: Sequence[int], pca_dims: int,
-                      regularization: float) -> np.ndarray:
+                      regularization: float, whitenings: Sequence[Whitening] | None = None) -> np.ndarray:
     """Σ over feature blocks (one per backbone) of the row-z-scored negative XQDA distance, each
-    block whitened (PCA to `pca_dims`) and fitted on the training images of its own."""
+    block whitened (PCA to `pca_dims`, or by `whitenings`) and fitted on the training images of its own."""
 
     def xqda(t: np.ndarray, ids: np.ndarray, view: np.ndarray, q: np.ndarray, g: np.ndarray) -> np.ndarray:
         return -fit_xqda(t[view], t[~view], ids[view], ids[~view], regularization).distances(q, g)
 
-    return whitened_block_sum(train, train_ids, train_is_gallery, queries, gallery, widths, pca_dims, xqda)
+    return whitened_block_sum(train, train_ids, train_is_gallery, queries, gallery, widths, pca_dims, xqda, whitenings)
 
 
 def alternate_halves(ids: Sequence[str]) -> np.ndarray:
