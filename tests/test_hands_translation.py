@@ -113,3 +113,5 @@ def test_given_whitenings_give_the_same_scores_as_fitting_them():
         translation_block_scores(train, ids, gallery_view, queries, gallery, [2, 4], 2, 1.0, shared[:1])
     with pytest.raises(ValueError, match="do not add up"):
         fit_block_whitenings(train, [2, 3], 2)
+    with pytest.raises(ValueError, match="do not add up"):  # given whitenings, the widths are still checked
+        translation_block_scores(train, ids, gallery_view, queries, gallery, [2, 3], 2, 1.0, shared)

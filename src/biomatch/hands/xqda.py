@@ -128,12 +128,18 @@ def row_zscore(scores: np.ndarray) -> np.ndarray:
     return (s - s.mean(1, keepdims=True)) / (s.std(1, keepdims=True) + 1e-12)
 
 
+def _block_bounds(widths: Sequence[int], width: int) -> np.ndarray:
+    """Column bounds of the feature blocks, checked against the feature width."""
+    bounds = np.cumsum([0, *widths])
+    if bounds[-1] != width:
+        raise ValueError(f"block widths {list(widths)} do not add up to the feature width {width}")
+    return bounds
+
+
 def fit_block_whitenings(train: np.ndarray, widths: Sequence[int], pca_dims: int) -> list[Whitening]:
     """One PCA whitening per feature block (backbone) of the training rows. XQDA and the
     translation (biomatch.hands.translation) read the same ones: a run fits them once."""
-    bounds = np.cumsum([0, *widths])
-    if bounds[-1] != train.shape[1]:
-        raise ValueError(f"block widths {list(widths)} do not add up to the feature width {train.shape[1]}")
+    bounds = _block_bounds(widths, train.shape[1])
     return [fit_whitening(train[:, lo:hi], pca_dims) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
 
@@ -151,7 +157,7 @@ def whitened_block_sum(train: np.ndarray, train_ids: Sequence[str], train_is_gal
         whitenings = fit_block_whitenings(train, widths, pca_dims)
     elif len(whitenings) != len(widths):
         raise ValueError(f"{len(whitenings)} whitenings for {len(widths)} feature blocks")
-    bounds = np.cumsum([0, *widths])
+    bounds = _block_bounds(widths, train.shape[1])  # checked here too: given whitenings skip the fit's check
     total = np.zeros((queries.shape[0], gallery.shape[0]))
     for lo, hi, white in zip(bounds[:-1], bounds[1:], whitenings):
         total += row_zscore(block_scores(white(train[:, lo:hi]), ids, view, white(queries[:, lo:hi]),
