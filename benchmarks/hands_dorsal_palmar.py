@@ -2,14 +2,17 @@
 
 Seed rule (issue #14): split seeds 0–4 are the TUNING seeds — every choice (method, budget,
 margin, taps, fusion and geometry weights, anything) is made on them only. Seeds 10–19 are the
-REPORT seeds, run once after the choices are frozen; the headline numbers come from them. Each
+REPORT seeds, run once after the choices are frozen; the headline numbers come from them. Seeds
+5–9 are the VALIDATION seeds: a candidate picked among many probes on the tuning seeds is checked
+there, under a rule fixed before, before its one report run (they choose nothing). Each
 result file is named by method and role (hands_dorsal_palmar_<method>_<role>.json) and carries
-"seeds" (the seeds actually run), "seed_role" ("tuning" | "report") and per-seed results with
+"seeds" (the seeds actually run), "seed_role" ("tuning" | "validation" | "report") and per-seed results with
 the commit each was measured at. A seed's result is written as soon as it finishes, so a killed
 run keeps what it did (`complete: false` until every planned seed is in). "(b) beats (a) on N of
 M seeds" only compares seeds both rows ran.
 
     python benchmarks/hands_dorsal_palmar.py --role tuning [--configs configs/hands_b*.yaml]
+    python benchmarks/hands_dorsal_palmar.py --role validation --configs <candidate + the method it would replace>
     python benchmarks/hands_dorsal_palmar.py --role report --configs <frozen best + a, b, controls>
 """
 
@@ -33,7 +36,9 @@ from biomatch.hands.methods import run_method
 from biomatch.hands.protocol import (
     BEST_METHOD,
     REPORT_SEEDS,
+    ROLE_SEEDS,
     TUNING_SEEDS,
+    VALIDATION_SEEDS,
     load_hands,
     make_split,
     result_name,
@@ -123,7 +128,7 @@ def run_config(path: str, seeds: Sequence[int], role: str, samples, device: str,
         per_seed.append(rec)
         with _locked(out):  # several processes may run seeds of one config: merge, never clobber
             _write(cfg, name, role, seeds, merged_seeds(out, cfg, per_seed), results_dir)
-        if cfg.name == BEST_METHOD and seed == seeds[0]:
+        if cfg.name == BEST_METHOD and seed == seeds[0] and role != "validation":  # the section shows no other
             plot_worst_queries(r, results_dir / PLOTS.name / f"{cfg.name}_{role}_seed{seed}_worst.png")
         if cfg.name == BEST_METHOD and rec["sessions"]["cross_session"]["n_queries"]:
             cross = cross_session_queries(r.queries, r.gallery)
@@ -165,8 +170,8 @@ def _write(cfg, name: str, role: str, seeds: Sequence[int], per_seed: list[dict]
         reference=_reference(cfg.name),
         timing={"train_s_mean": float(np.mean([p["train_s"] for p in per_seed])),
                 "features_s_first_seed": per_seed[0]["features_s"]},
-        extra={"seed_role": role, "seeds_planned": list(TUNING_SEEDS if role == "tuning" else REPORT_SEEDS),
-               "complete": set(TUNING_SEEDS if role == "tuning" else REPORT_SEEDS) <= {p["seed"] for p in per_seed},
+        extra={"seed_role": role, "seeds_planned": list(ROLE_SEEDS[role]),
+               "complete": set(ROLE_SEEDS[role]) <= {p["seed"] for p in per_seed},
                "config": cfg.model_dump(), "verdict": cfg.verdict, "per_seed": per_seed,
                "load": list(os.getloadavg()), "seeds_this_process": planned,
                # seeds measured before biomatch.models.onnx_features ran their features through PyTorch
@@ -182,8 +187,9 @@ def _reference(name: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--role", choices=("tuning", "report"), default="tuning",
-                        help="tuning = seeds 0-4 (choices are made here), report = seeds 10-19 (run once, frozen)")
+    parser.add_argument("--role", choices=tuple(ROLE_SEEDS), default="tuning",
+                        help="tuning = seeds 0-4 (choices are made here), validation = seeds 5-9 (a candidate's check "
+                             "before its report run), report = seeds 10-19 (run once, frozen)")
     parser.add_argument("--seeds", default=None, help="a subset of the role's seeds, e.g. 0,1")
     parser.add_argument("--configs", nargs="*", default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -192,7 +198,7 @@ def main() -> None:
     parser.add_argument("--section-only", action="store_true", help="only rewrite the BENCHMARKS.md section")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    role_seeds = list(TUNING_SEEDS if args.role == "tuning" else REPORT_SEEDS)
+    role_seeds = list(ROLE_SEEDS[args.role])
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else role_seeds
     if seed_role(seeds) != args.role:
         sys.exit(f"seeds {seeds} are not all {args.role} seeds ({role_seeds})")
@@ -348,7 +354,7 @@ def same_run_notes(results: dict[str, dict[str, dict]], key: str, step: str, pro
     notes = []
     for name, recs in sorted(results.items()):
         parts = []
-        for role in ("tuning", "report"):
+        for role in ROLE_SEEDS:
             rec = recs.get(role)
             if rec is None or not all(f"{key}:mean_rank" in p for p in rec["per_seed"]):
                 continue
@@ -373,6 +379,20 @@ def translation_notes(results: dict[str, dict[str, dict]]) -> list[str]:
     return same_run_notes(results, "before_translation", "dorsal-to-palm translation")
 
 
+def validation_notes(results: dict[str, dict[str, dict]]) -> list[str]:
+    """One sentence for the rows with a validation record (seeds 5–9): the check a candidate passed
+    or failed between its tuning row and its report run, per seed, beside the rows it was checked against."""
+    recs = {name: r["validation"] for name, r in sorted(results.items()) if "validation" in r}
+    if not recs:
+        return []
+    parts = [f"{name} {rec['metrics']['recall@1']['mean']:.3f} / {rec['metrics']['mean_rank']['mean']:.3f} "
+             f"(mean rank per seed {', '.join(format(p['mean_rank'], '.2f') for p in rec['per_seed'])})"
+             + ("" if rec.get("complete", True) else f" ({len(rec['seeds'])} seeds)") for name, rec in recs.items()]
+    return [f"Validation seeds {list(VALIDATION_SEEDS)} (neither tuning nor report: a candidate picked among many probes "
+            "must also win there, under a rule fixed before, before its one report run), R@1 / mean rank: "
+            + "; ".join(parts) + "."]
+
+
 def measured_on(results: dict[str, dict[str, dict]]) -> str:
     """The distinct machines of the result files (without the load they were written at)."""
     machines = sorted({rec["machine"].split("; load")[0] for recs in results.values() for rec in recs.values()})
@@ -385,7 +405,7 @@ def write_section() -> None:
     for path in sorted(RESULTS_DIR.glob("hands_dorsal_palmar_*.json")):
         record = json.loads(path.read_text())
         name, role = record["config"]["name"], record.get("seed_role")
-        if role in ("tuning", "report") and (REPO_ROOT / "configs" / f"{name}.yaml").is_file():
+        if role in ROLE_SEEDS and (REPO_ROOT / "configs" / f"{name}.yaml").is_file():
             results.setdefault(name, {})[role] = record
     derived_notes = _derive_tuning(results)
     rows = []
@@ -406,7 +426,7 @@ def write_section() -> None:
     for ref_name, ref in REFERENCES.values():
         rows.append([f"reference: {ref_name}", "published, 1 split", "–", "–", f"{ref['recall@1']:.3f}",
                      f"{ref['mean_rank']:.2f}", f"{ref['recall@5']:.3f}", "–", "–", "–", "–"])
-    notes = list(derived_notes) + single_query_notes(results) + translation_notes(results)
+    notes = list(derived_notes) + validation_notes(results) + single_query_notes(results) + translation_notes(results)
     ort = sorted(n for n, recs in results.items()
                  if any(p.get("feature_runtime") == "onnxruntime" for rec in recs.values() for p in rec["per_seed"]))
     if ort:
@@ -451,8 +471,9 @@ def write_section() -> None:
             break
     md = "\n\n".join([
         "## Hands: dorsal query → palmar gallery (11k Hands)",
-        "`python benchmarks/hands_dorsal_palmar.py --role tuning|report [--configs ...]`. "
-        f"**Seed rule:** every choice is made on the tuning split seeds {list(TUNING_SEEDS)}; the report split "
+        "`python benchmarks/hands_dorsal_palmar.py --role tuning|validation|report [--configs ...]`. "
+        f"**Seed rule:** every choice is made on the tuning split seeds {list(TUNING_SEEDS)}; a candidate picked "
+        f"among many probes is checked on the validation seeds {list(VALIDATION_SEEDS)} first; the report split "
         f"seeds {list(REPORT_SEEDS)} are run once, after the choices are frozen, for the best method "
         f"(**{BEST_METHOD}**), (a), (b) and the controls — the headline numbers are the report columns. "
         f"Mean ± std over seeds. {PROTOCOL}. FTA = share of images where MediaPipe found no hand (those fall "
@@ -465,7 +486,7 @@ def write_section() -> None:
         " ".join(notes) + " References were measured on 1600×1200 originals with ResNet50 / DINOv2 ViT-B/14, "
         "which are not available here; our images are 100–180 px squares. Random R@1 ≈ 1/38 test subjects. "
         "Per-seed numbers, bootstrap CIs, rank histograms and worst queries: "
-        "benchmarks/results/hands_dorsal_palmar_*_{tuning,report}.json.",
+        "benchmarks/results/hands_dorsal_palmar_*_{tuning,validation,report}.json.",
         *tail,
     ])
     update_benchmarks_section("hands_dorsal_palmar", md)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from biomatch.hands.methods import RunResult
-from biomatch.hands.protocol import REPORT_SEEDS, TUNING_SEEDS, seed_role
+from biomatch.hands.protocol import REPORT_SEEDS, ROLE_SEEDS, TUNING_SEEDS, VALIDATION_SEEDS, seed_role
 from biomatch.metrics.retrieval import retrieval_ranks, retrieval_summary
 from biomatch.paths import REPO_ROOT
 from biomatch.training import History
@@ -26,10 +26,34 @@ def bench():
 
 def test_seed_roles():
     assert list(TUNING_SEEDS) == [0, 1, 2, 3, 4] and list(REPORT_SEEDS) == list(range(10, 20))
+    assert list(VALIDATION_SEEDS) == [5, 6, 7, 8, 9]
+    # the three roles never share a seed
+    members = [set(seeds) for seeds in ROLE_SEEDS.values()]
+    assert sum(len(m) for m in members) == len(set().union(*members))
     assert seed_role([0, 3]) == "tuning"
+    assert seed_role([5, 9]) == "validation"
     assert seed_role(range(10, 20)) == "report"
     assert seed_role([4, 10]) == "other"  # never mixed into one column
-    assert seed_role([5, 6]) == "other"
+    assert seed_role([4, 5]) == "other"
+    assert seed_role([20]) == "other" and seed_role([]) == "other"
+
+
+def test_a_validation_run_is_its_own_record_and_note(bench, tmp_path, monkeypatch, hands_samples):
+    """Seeds 5-9 check a candidate between its tuning row and its report run: their record names the
+    role and its planned seeds, and the section prints them in their own note, never in a column."""
+    monkeypatch.setattr(bench, "run_method", _fake_run())
+    cfg = str(REPO_ROOT / "configs" / "hands_b_triplet_batch_hard.yaml")
+    rec = bench.run_config(cfg, [5, 6], "validation", hands_samples, "cpu", False, results_dir=tmp_path)
+    assert rec["seed_role"] == "validation" and rec["seeds_planned"] == [5, 6, 7, 8, 9]
+    assert rec["seeds"] == [5, 6] and rec["complete"] is False
+    assert (tmp_path / "hands_dorsal_palmar_hands_b_triplet_batch_hard_validation.json").is_file()
+    note = bench.validation_notes({"hands_b_triplet_batch_hard": {"validation": rec}, "other": {"tuning": rec}})
+    mr = [p["mean_rank"] for p in rec["per_seed"]]
+    assert len(note) == 1 and "Validation seeds [5, 6, 7, 8, 9]" in note[0]
+    assert (f"hands_b_triplet_batch_hard {rec['metrics']['recall@1']['mean']:.3f} / {np.mean(mr):.3f} "
+            f"(mean rank per seed {mr[0]:.2f}, {mr[1]:.2f}) (2 seeds)") in note[0]
+    assert "other" not in note[0]
+    assert bench.validation_notes({"x": {"tuning": rec, "report": rec}}) == []
 
 
 def _fake_run(fail_on: int | None = None):

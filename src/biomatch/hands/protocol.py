@@ -87,9 +87,13 @@ def make_split(samples: Sequence[Sample], seed: int, fractions: Sequence[float] 
 
 
 # Seed roles (issue #14): every choice is made on the tuning seeds; the report seeds are run once,
-# after the choices are frozen, and give the headline numbers.
+# after the choices are frozen, and give the headline numbers. The validation seeds sit between:
+# a candidate picked among many probes on the tuning seeds must also win there, under a rule fixed
+# before, so that the report seeds do not absorb the selection; they choose nothing themselves.
 TUNING_SEEDS = range(5)
+VALIDATION_SEEDS = range(5, 10)
 REPORT_SEEDS = range(10, 20)
+ROLE_SEEDS = {"tuning": TUNING_SEEDS, "validation": VALIDATION_SEEDS, "report": REPORT_SEEDS}
 # The method frozen on the tuning seeds (configs/<name>.yaml): the demo runs it, the report rows show it.
 BEST_METHOD = "hands_e10xpl1_xcov_tr"
 
@@ -100,11 +104,10 @@ def result_name(method: str, role: str) -> str:
 
 
 def seed_role(seeds: Sequence[int]) -> str:
-    """'tuning' if every seed is a tuning seed, 'report' if every one is a report seed, else
-    'other' (e.g. the exploratory seeds 5-9 of issue #14; never mixed into either column)."""
+    """The role (a key of `ROLE_SEEDS`) that holds every one of `seeds`, else 'other' (seeds of
+    two roles, or of none, are never mixed into one column)."""
     seeds = list(seeds)
-    if seeds and all(s in TUNING_SEEDS for s in seeds):
-        return "tuning"
-    if seeds and all(s in REPORT_SEEDS for s in seeds):
-        return "report"
+    for role, members in ROLE_SEEDS.items():
+        if seeds and all(s in members for s in seeds):
+            return role
     return "other"
