@@ -42,6 +42,7 @@ from biomatch.hands.protocol import (
     load_hands,
     make_split,
     result_name,
+    role_record,
     seed_role,
 )
 from biomatch.hands.sessions import cross_session_queries, session_breakdown
@@ -170,8 +171,7 @@ def _write(cfg, name: str, role: str, seeds: Sequence[int], per_seed: list[dict]
         reference=_reference(cfg.name),
         timing={"train_s_mean": float(np.mean([p["train_s"] for p in per_seed])),
                 "features_s_first_seed": per_seed[0]["features_s"]},
-        extra={"seed_role": role, "seeds_planned": list(ROLE_SEEDS[role]),
-               "complete": set(ROLE_SEEDS[role]) <= {p["seed"] for p in per_seed},
+        extra={**role_record(role, [p["seed"] for p in per_seed]),
                "config": cfg.model_dump(), "verdict": cfg.verdict, "per_seed": per_seed,
                "load": list(os.getloadavg()), "seeds_this_process": planned,
                # seeds measured before biomatch.models.onnx_features ran their features through PyTorch

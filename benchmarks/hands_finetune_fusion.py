@@ -41,6 +41,7 @@ from biomatch.hands.protocol import (
     HandsSplit,
     load_hands,
     make_split,
+    role_record,
     seed_role,
 )
 from biomatch.metrics.retrieval import (
@@ -130,14 +131,13 @@ def seed_record(r: RunResult, seed: int, log: dict, recipe: str, a: float) -> di
 
 def write_row(name: str, role: str, per_seed: list[dict], log: dict, choice: dict, results_dir: Path = RESULTS_DIR) -> Path:
     cfg = load_method(REPO_ROOT / "configs" / f"{name}.yaml")
-    planned = list(TUNING_SEEDS if role == "tuning" else REPORT_SEEDS)
     return write_result(
         hdp.result_name(name, role), benchmark="hands_dorsal_palmar", method=f"{name}: {cfg.description}",
         dataset=hdp.DATASET, protocol=hdp.PROTOCOL, seeds=[p["seed"] for p in per_seed],
         metrics=hdp.aggregate(per_seed),
         timing={"train_s_mean": float(np.mean([p["train_s"] for p in per_seed])),
                 "features_s_first_seed": per_seed[0]["features_s"], "gpu_wall_s": log.get("wall_s")},
-        extra={"seed_role": role, "seeds_planned": planned, "complete": set(planned) <= {p["seed"] for p in per_seed},
+        extra={**role_record(role, [p["seed"] for p in per_seed]),
                "config": cfg.model_dump(), "verdict": cfg.verdict, "per_seed": per_seed,
                "finetune_device": log["device"], "finetune_torch": log.get("torch"), "recipes": log["recipes"],
                "steps_scale": log.get("steps_scale"), "probe_step_s": log.get("probe_step_s"),

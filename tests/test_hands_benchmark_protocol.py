@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from biomatch.hands.methods import RunResult
-from biomatch.hands.protocol import REPORT_SEEDS, ROLE_SEEDS, TUNING_SEEDS, VALIDATION_SEEDS, seed_role
+from biomatch.hands.protocol import REPORT_SEEDS, ROLE_SEEDS, TUNING_SEEDS, VALIDATION_SEEDS, role_record, seed_role
 from biomatch.metrics.retrieval import retrieval_ranks, retrieval_summary
 from biomatch.paths import REPO_ROOT
 from biomatch.training import History
@@ -36,6 +36,10 @@ def test_seed_roles():
     assert seed_role([4, 10]) == "other"  # never mixed into one column
     assert seed_role([4, 5]) == "other"
     assert seed_role([20]) == "other" and seed_role([]) == "other"
+    assert role_record("report", range(10, 20))["complete"] is True
+    assert role_record("tuning", [0, 1, 2, 3])["complete"] is False
+    with pytest.raises(ValueError, match="unknown seed role 'final'"):
+        role_record("final", [])
 
 
 def test_a_validation_run_is_its_own_record_and_note(bench, tmp_path, monkeypatch, hands_samples):

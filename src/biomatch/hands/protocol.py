@@ -3,7 +3,7 @@ queries = dorsal images of test subjects, gallery = palmar images of test subjec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from biomatch.data.datasets import Sample, load_hands11k
@@ -96,6 +96,19 @@ REPORT_SEEDS = range(10, 20)
 ROLE_SEEDS = {"tuning": TUNING_SEEDS, "validation": VALIDATION_SEEDS, "report": REPORT_SEEDS}
 # The method frozen on the tuning seeds (configs/<name>.yaml): the demo runs it, the report rows show it.
 BEST_METHOD = "hands_e10xpl1_xcov_tr"
+
+
+def role_record(role: str, seeds_done: Iterable[int]) -> dict:
+    """The seed-role fields of a result file: its role, the seeds that role plans, and whether all
+    of them are in (a killed run is written with `complete: False`).
+
+    >>> role_record("validation", [5, 6])
+    {'seed_role': 'validation', 'seeds_planned': [5, 6, 7, 8, 9], 'complete': False}
+    """
+    if role not in ROLE_SEEDS:
+        raise ValueError(f"unknown seed role {role!r} (one of {sorted(ROLE_SEEDS)})")
+    planned = list(ROLE_SEEDS[role])
+    return {"seed_role": role, "seeds_planned": planned, "complete": set(planned) <= set(seeds_done)}
 
 
 def result_name(method: str, role: str) -> str:
