@@ -129,7 +129,7 @@ def run_config(path: str, seeds: Sequence[int], role: str, samples, device: str,
         per_seed.append(rec)
         with _locked(out):  # several processes may run seeds of one config: merge, never clobber
             _write(cfg, name, role, seeds, merged_seeds(out, cfg, per_seed), results_dir)
-        if cfg.name == BEST_METHOD and seed == seeds[0] and role != "validation":  # the section shows no other
+        if cfg.name == BEST_METHOD and seed == seeds[0] and role != "validation":  # the section shows tuning/report ones
             plot_worst_queries(r, results_dir / PLOTS.name / f"{cfg.name}_{role}_seed{seed}_worst.png")
         if cfg.name == BEST_METHOD and rec["sessions"]["cross_session"]["n_queries"]:
             cross = cross_session_queries(r.queries, r.gallery)
@@ -413,7 +413,7 @@ def write_section() -> None:
         t, r = recs.get("tuning"), recs.get("report")
         commits = sorted({p["commit"][:7] + ("*" if p["commit"].endswith("dirty") else "")
                           for rec in recs.values() for p in rec["per_seed"]})
-        fta = (r or t)["metrics"].get("fta_rate")
+        fta = (r or t or recs["validation"])["metrics"].get("fta_rate")  # a row may have a validation run only
         rows.append([f"**{name}**" if name == BEST_METHOD else name, row_kind(name),
                      _cell(t, "recall@1"), _cell(t, "mean_rank"), _cell(r, "recall@1"), _cell(r, "mean_rank"),
                      _cell(r, "recall@5"), _cell(r, "map"), f"{fta['mean']:.3f}" if fta else "–",

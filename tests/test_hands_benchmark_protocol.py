@@ -224,3 +224,21 @@ def test_query_set_rows_also_show_their_single_query_numbers(bench):
         "x_tr without its dorsal-to-palm translation, the very same runs (R@1 / mean rank): tuning seeds [0, 1]: "
         "0.750 / 2.50 (with it 0.850 / 2.25, mean rank lower on 1 of 2)."]
     assert bench.single_query_notes(moved) == []
+
+
+def test_the_section_shows_a_row_with_only_a_validation_run(bench, tmp_path, monkeypatch, hands_samples):
+    """A candidate checked on seeds 5-9 before any other run keeps its row (tuning and report columns
+    empty) and its validation note; the section once read FTA from the tuning or report record only."""
+    monkeypatch.setattr(bench, "run_method", _fake_run())
+    cfg = str(REPO_ROOT / "configs" / "hands_b_triplet_batch_hard.yaml")
+    rec = bench.run_config(cfg, [5, 6], "validation", hands_samples, "cpu", False, results_dir=tmp_path)
+    written = {}
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(bench, "update_benchmarks_section", lambda name, md: written.update({name: md}))
+    bench.write_section()
+    md = written["hands_dorsal_palmar"]
+    row = next(line for line in md.splitlines() if line.startswith("| hands_b_triplet_batch_hard |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:8] == ["–"] * 6  # tuning R@1 / mean rank, report R@1 / mean rank / R@5 / mAP
+    assert f"hands_b_triplet_batch_hard {rec['metrics']['recall@1']['mean']:.3f}" in md
+    assert "Validation seeds [5, 6, 7, 8, 9]" in md
