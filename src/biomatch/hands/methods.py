@@ -597,15 +597,16 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
                 _record_ablation(extra, f"geo{w:g}", boosted(scores + w * geo_scores), q_ids, g_ids)
             scores = scores + cfg.geometry_weight * geo_scores
         scores = boosted(scores)
-        whitenings = None
-        if cfg.xqda_weight or cfg.translation_weight:  # both read the same per-block whitening: fit it once
+        if cfg.xqda_weight or cfg.translation_weight:
+            # both read the same features and per-block whitening: gather and fit them once
             from biomatch.hands.xqda import fit_block_whitenings
 
-            whitenings = fit_block_whitenings(*bank.xqda_features(train), cfg.xqda_pca)
-        if cfg.xqda_weight:
-            scores = _fuse_xqda(cfg, bank, train, queries, gallery, scores, q_ids, g_ids, extra, whitenings)
-        if cfg.translation_weight:
-            scores = _fuse_translation(cfg, bank, train, queries, gallery, scores, q_ids, g_ids, extra, whitenings)
+            feats = tuple(bank.xqda_features(s) for s in (train, queries, gallery))
+            whitenings = fit_block_whitenings(*feats[0], cfg.xqda_pca)
+            if cfg.xqda_weight:
+                scores = _fuse_xqda(cfg, feats, train, scores, q_ids, g_ids, extra, whitenings)
+            if cfg.translation_weight:
+                scores = _fuse_translation(cfg, feats, train, scores, q_ids, g_ids, extra, whitenings)
         if cfg.query_neighbours:
             scores = _query_set(cfg, bank, train, queries, scores, q_ids, g_ids, extra)
         ranks = ranks_from_scores(scores, q_ids, g_ids)
@@ -625,14 +626,18 @@ def _record_ablation(extra: dict[str, float], name: str, scores: np.ndarray, q_i
     extra[f"{name}:recall@1"], extra[f"{name}:mean_rank"] = r["recall@1"], r["mean_rank"]
 
 
-def _fuse_xqda(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], queries: Sequence[Sample],
-               gallery: Sequence[Sample], scores: np.ndarray, q_ids: Sequence[str], g_ids: Sequence[str],
-               extra: dict[str, float], whitenings: Sequence[Whitening] | None = None) -> np.ndarray:
+# (train, queries, gallery) features as `FeatureBank.xqda_features` gives them: (rows, block widths)
+XqdaFeatures = tuple[tuple[np.ndarray, list[int]], ...]
+
+
+def _fuse_xqda(cfg: MethodConfig, feats: XqdaFeatures, train: Sequence[Sample], scores: np.ndarray,
+               q_ids: Sequence[str], g_ids: Sequence[str], extra: dict[str, float],
+               whitenings: Sequence[Whitening]) -> np.ndarray:
     """z(scores) + xqda_weight × z(XQDA block scores) on the frozen features (biomatch.hands.xqda);
     the heads alone and XQDA alone go to `extra` (a free ablation, like the geometry sweep)."""
     from biomatch.hands.xqda import row_zscore, xqda_block_scores
 
-    (tr, dims), (qf, _), (gf, _) = (bank.xqda_features(s) for s in (train, queries, gallery))
+    (tr, dims), (qf, _), (gf, _) = feats
     xq = xqda_block_scores(tr, [s.identity for s in train], np.array([s.view == GALLERY_VIEW for s in train]),
                            qf, gf, dims, cfg.xqda_pca, cfg.xqda_lambda, whitenings)
     for name, s in (("heads", scores), ("xqda", xq)):
@@ -640,16 +645,16 @@ def _fuse_xqda(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], qu
     return row_zscore(scores) + cfg.xqda_weight * row_zscore(xq)
 
 
-def _fuse_translation(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], queries: Sequence[Sample],
-                      gallery: Sequence[Sample], scores: np.ndarray, q_ids: Sequence[str], g_ids: Sequence[str],
-                      extra: dict[str, float], whitenings: Sequence[Whitening] | None = None) -> np.ndarray:
+def _fuse_translation(cfg: MethodConfig, feats: XqdaFeatures, train: Sequence[Sample], scores: np.ndarray,
+                      q_ids: Sequence[str], g_ids: Sequence[str], extra: dict[str, float],
+                      whitenings: Sequence[Whitening]) -> np.ndarray:
     """(scores, z-scored unless XQDA's fusion already did) + translation_weight × z(translation
     block scores) (biomatch.hands.translation); the fusion before this step and the translation
     alone go to `extra`."""
     from biomatch.hands.translation import translation_block_scores
     from biomatch.hands.xqda import row_zscore
 
-    (tr, dims), (qf, _), (gf, _) = (bank.xqda_features(s) for s in (train, queries, gallery))
+    (tr, dims), (qf, _), (gf, _) = feats
     moved = translation_block_scores(tr, [s.identity for s in train],
                                      np.array([s.view == GALLERY_VIEW for s in train]), qf, gf, dims,
                                      cfg.xqda_pca, cfg.translation_lambda, whitenings)
