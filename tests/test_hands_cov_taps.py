@@ -90,3 +90,54 @@ def test_feature_bank_heads_read_the_same_features_with_xqda_taps(hands_samples,
     plain_xq, plain_dims = without.xqda_features(few)
     np.testing.assert_array_equal(plain_xq, without.canonical(few)[0])
     assert plain_dims == without.dims
+
+
+def test_heads_read_xqda_needs_xqda_taps():
+    assert _cfg(heads_read_xqda=True).heads_read_xqda
+    with pytest.raises(ValidationError, match="heads_read_xqda needs xqda_taps"):
+        MethodConfig(name="x", backbones=["efficientnet_lite0"], taps=["2:avg"], heads_read_xqda=True)
+
+
+def test_append_whitened_blocks_matches_a_loop_per_block():
+    from biomatch.hands.xqda import append_whitened_blocks, fit_whitening
+
+    rng = np.random.default_rng(0)
+    head, extra = rng.normal(size=(30, 5)).astype(np.float32), rng.normal(size=(30, 9))
+    whites = [fit_whitening(extra[:20, :4], 3), fit_whitening(extra[:20, 4:], 2)]
+    out, widths = append_whitened_blocks(head, [2, 3], extra, [4, 5], whites)
+    assert widths == [2 + 3, 3 + 2] and out.dtype == np.float32
+    for i in range(30):
+        w0, w1 = whites[0](extra[i:i + 1, :4])[0], whites[1](extra[i:i + 1, 4:])[0]
+        want = np.concatenate([head[i, :2], w0 / np.linalg.norm(w0), head[i, 2:], w1 / np.linalg.norm(w1)])
+        np.testing.assert_allclose(out[i], want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="one of each per backbone"):
+        append_whitened_blocks(head, [2, 3], extra, [9], whites[:1])
+    with pytest.raises(ValueError, match="do not add up"):
+        append_whitened_blocks(head, [2, 2], extra, [4, 5], whites)
+
+
+def test_run_method_heads_read_the_whitened_xqda_features(hands_samples, tmp_path):
+    """The heads' first layer reads the taps plus XQDA's whitened block; the run scores every query."""
+    from biomatch.hands.methods import FeatureBank, run_method
+    from biomatch.hands.protocol import make_split
+    from biomatch.hands.xqda import fit_whitening
+
+    subjects = sorted({s.identity for s in hands_samples})[:12]
+    split = make_split([s for s in hands_samples if s.identity in subjects], seed=0)
+    cfg = _cfg(heads_read_xqda=True, xqda_pca=16, objective="cross_view", sampler="pk_view", p=4, k=4, epochs=1,
+               batches_per_epoch=2, head_dims=[32, 8], train_on_val=True)
+    res = run_method(cfg, split, cache=tmp_path, progress=False)
+    first = next(m for m in res.model.modules() if isinstance(m, torch.nn.Linear))
+    assert first.in_features == 136 + 16
+    assert len(res.ranks.first_rank) == len(res.queries)
+    # the appended block is the unit rows of XQDA's whitening fitted on the training images
+    train = split.train + split.val
+    bank = FeatureBank(cfg, train, cache=tmp_path, progress=False)
+    xq, _ = bank.xqda_features(train)
+    white = fit_whitening(xq, 16)
+    bank.append_xqda_to_heads([white])
+    w = white(xq)
+    np.testing.assert_allclose(bank.canonical(train)[0][:, 136:], w / np.linalg.norm(w, axis=1, keepdims=True),
+                               rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="needs xqda_taps"):
+        FeatureBank(_cfg(xqda_taps=[]), train, cache=tmp_path, progress=False).append_xqda_to_heads([white])

@@ -101,6 +101,10 @@ class MethodConfig(BaseModel):
     # Extra taps that XQDA reads beside `taps` (e.g. "3:cov", channel covariances) and the heads do
     # not: computed in the same backbone pass, cached with the head taps (frozen mode, no mirroring).
     xqda_taps: list[str] = Field(default_factory=list)
+    # The heads also read what XQDA reads: per backbone, its `xqda_taps` features PCA-whitened to
+    # xqda_pca dims (the whitening XQDA fits on the training images) and L2-normalized, appended to
+    # the head taps. Needs xqda_taps.
+    heads_read_xqda: bool = False
     # Query-set re-ranking (biomatch.hands.query_set; a separate protocol row: each query's ranking
     # reads the other test queries, never a test label): the final scores of each query + this weight
     # × the similarity-weighted mean of its mutual `query_neighbours`-nearest test queries' scores,
@@ -152,6 +156,8 @@ class MethodConfig(BaseModel):
                 raise ValueError("xqda_taps does not support mirror_gallery, flip_augment or tta")
             if set(self.xqda_taps) & set(self.taps):
                 raise ValueError(f"xqda_taps repeats taps the heads read: {sorted(set(self.xqda_taps) & set(self.taps))}")
+        if self.heads_read_xqda and not self.xqda_taps:
+            raise ValueError("heads_read_xqda needs xqda_taps (the features it appends to the heads' input)")
         return self
 
     @field_validator("taps", "xqda_taps")

@@ -305,6 +305,16 @@ class FeatureBank:
             return self.canonical(samples)[0], self.dims
         return self.xqda_plain[[self.index[s.path] for s in samples]], self.xqda_dims
 
+    def append_xqda_to_heads(self, whitenings: Sequence[Whitening]) -> None:
+        """Widen every backbone's head input by its XQDA features, whitened by `whitenings`
+        (fitted on the training images) and L2-normalized (`heads_read_xqda`)."""
+        from biomatch.hands.xqda import append_whitened_blocks
+
+        if self.xqda_plain is None or self.mirrored is not None:
+            raise ValueError("heads_read_xqda needs xqda_taps and no mirrored features")
+        self.plain, self.dims = append_whitened_blocks(self.plain, self.dims, self.xqda_plain, self.xqda_dims,
+                                                       whitenings)
+
     def canonical(self, samples: Sequence[Sample]) -> tuple[np.ndarray, np.ndarray | None]:
         """(features as fed to the head, features of the mirrored image) for these samples."""
         idx = np.array([self.index[s.path] for s in samples])
@@ -480,6 +490,12 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
         train, val = train + val, []
     train = train + for_subjects(extras, {s.identity for s in train})
     labels = _label_index(train)
+    whitenings: list[Whitening] | None = None  # XQDA's per-block whitening, fitted once per run
+    if cfg.heads_read_xqda:
+        from biomatch.hands.xqda import fit_block_whitenings
+
+        whitenings = fit_block_whitenings(*bank.xqda_features(train), cfg.xqda_pca)
+        bank.append_xqda_to_heads(whitenings)
     if cfg.n_heads > 1 and cfg.mode != "frozen":
         from biomatch.errors import InputError
 
@@ -602,7 +618,8 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
             from biomatch.hands.xqda import fit_block_whitenings
 
             feats = tuple(bank.xqda_features(s) for s in (train, queries, gallery))
-            whitenings = fit_block_whitenings(*feats[0], cfg.xqda_pca)
+            if whitenings is None:
+                whitenings = fit_block_whitenings(*feats[0], cfg.xqda_pca)
             if cfg.xqda_weight:
                 scores = _fuse_xqda(cfg, feats, train, scores, q_ids, g_ids, extra, whitenings)
             if cfg.translation_weight:
