@@ -490,11 +490,14 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
         train, val = train + val, []
     train = train + for_subjects(extras, {s.identity for s in train})
     labels = _label_index(train)
-    whitenings: list[Whitening] | None = None  # XQDA's per-block whitening, fitted once per run
+    # XQDA's training features and per-block whitening, gathered and fitted once per run
+    xqda_train: tuple[np.ndarray, list[int]] | None = None
+    whitenings: list[Whitening] | None = None
     if cfg.heads_read_xqda:
         from biomatch.hands.xqda import fit_block_whitenings
 
-        whitenings = fit_block_whitenings(*bank.xqda_features(train), cfg.xqda_pca)
+        xqda_train = bank.xqda_features(train)
+        whitenings = fit_block_whitenings(*xqda_train, cfg.xqda_pca)
         bank.append_xqda_to_heads(whitenings)
     if cfg.n_heads > 1 and cfg.mode != "frozen":
         from biomatch.errors import InputError
@@ -617,7 +620,8 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
             # both read the same features and per-block whitening: gather and fit them once
             from biomatch.hands.xqda import fit_block_whitenings
 
-            feats = tuple(bank.xqda_features(s) for s in (train, queries, gallery))
+            feats = (xqda_train if xqda_train is not None else bank.xqda_features(train),
+                     bank.xqda_features(queries), bank.xqda_features(gallery))
             if whitenings is None:
                 whitenings = fit_block_whitenings(*feats[0], cfg.xqda_pca)
             if cfg.xqda_weight:
