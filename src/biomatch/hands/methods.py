@@ -490,14 +490,16 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
         train, val = train + val, []
     train = train + for_subjects(extras, {s.identity for s in train})
     labels = _label_index(train)
-    # XQDA's training features and per-block whitening, gathered and fitted once per run
+    # XQDA's training features and per-block whitening, gathered and fitted once per run: the heads
+    # (heads_read_xqda), XQDA and the translation all read them
     xqda_train: tuple[np.ndarray, list[int]] | None = None
-    whitenings: list[Whitening] | None = None
-    if cfg.heads_read_xqda:
+    whitenings: list[Whitening] = []
+    if cfg.heads_read_xqda or cfg.xqda_weight or cfg.translation_weight:
         from biomatch.hands.xqda import fit_block_whitenings
 
         xqda_train = bank.xqda_features(train)
         whitenings = fit_block_whitenings(*xqda_train, cfg.xqda_pca)
+    if cfg.heads_read_xqda:
         bank.append_xqda_to_heads(whitenings)
     if cfg.n_heads > 1 and cfg.mode != "frozen":
         from biomatch.errors import InputError
@@ -616,14 +618,8 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
                 _record_ablation(extra, f"geo{w:g}", boosted(scores + w * geo_scores), q_ids, g_ids)
             scores = scores + cfg.geometry_weight * geo_scores
         scores = boosted(scores)
-        if cfg.xqda_weight or cfg.translation_weight:
-            # both read the same features and per-block whitening: gather and fit them once
-            from biomatch.hands.xqda import fit_block_whitenings
-
-            feats = (xqda_train if xqda_train is not None else bank.xqda_features(train),
-                     bank.xqda_features(queries), bank.xqda_features(gallery))
-            if whitenings is None:
-                whitenings = fit_block_whitenings(*feats[0], cfg.xqda_pca)
+        if xqda_train is not None and (cfg.xqda_weight or cfg.translation_weight):
+            feats = (xqda_train, bank.xqda_features(queries), bank.xqda_features(gallery))
             if cfg.xqda_weight:
                 scores = _fuse_xqda(cfg, feats, train, scores, q_ids, g_ids, extra, whitenings)
             if cfg.translation_weight:
