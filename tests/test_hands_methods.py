@@ -220,3 +220,26 @@ def test_a_late_fusion_step_records_the_same_runs_numbers_before_it(tiny_fusion_
     assert stepped.metrics["mean_rank"] == retrieval_summary(ranks_from_scores(stepped.score_matrix(), q_ids,
                                                                                g_ids))["mean_rank"]
     check(plain.score_matrix(), stepped.score_matrix())
+
+
+def test_run_method_input_dropout_trains_other_heads_and_needs_the_stacked_trainer(tiny_fusion_case, tmp_path):
+    """input_dropout changes the trained heads (not the features or the split), rate 0 is the plain
+    run, and the head-by-head path (here: a lone head validating per epoch) refuses it."""
+    from pydantic import ValidationError
+
+    from biomatch.hands.methods import run_method
+
+    split, base = tiny_fusion_case
+    base = {**base, "n_heads": 2}
+    plain = run_method(MethodConfig(**base), split, cache=tmp_path, progress=False)
+    dropped = run_method(MethodConfig(**base, input_dropout=0.5), split, cache=tmp_path, progress=False)
+    assert [s.path for s in dropped.queries] == [s.path for s in plain.queries]
+    assert not np.allclose(dropped.query_emb, plain.query_emb)
+    assert np.allclose(np.linalg.norm(dropped.query_emb, axis=1), 1, atol=1e-5)
+    again = run_method(MethodConfig(**base, input_dropout=0.5), split, cache=tmp_path, progress=False)
+    np.testing.assert_array_equal(again.query_emb, dropped.query_emb)  # seeded masks: reproducible
+    with pytest.raises(ValidationError):
+        MethodConfig(**base, input_dropout=1.0)
+    lone = {**base, "n_heads": 1, "train_on_val": False, "xqda_weight": 0.0}
+    with pytest.raises(InputError, match="input_dropout needs the stacked head trainer"):
+        run_method(MethodConfig(**lone, input_dropout=0.2), split, cache=tmp_path, progress=False)

@@ -131,3 +131,38 @@ def test_fused_adamw_trains_the_heads_of_the_default_adamw_up_to_rounding(monkey
             if name in ("net.0.bias", "net.1.running_mean"):
                 continue  # the bias before BatchNorm only moves by rounding noise (see the first test)
             torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4)
+
+
+def test_input_dropout_keeps_heads_independent_of_their_stackmates():
+    """With input dropout each head draws its masks from its own seeded generator: threads or one
+    stack give bit-identical heads, rate 0 is the plain training, and a rate > 0 trains other heads."""
+    from biomatch.hands.stacked import fit_stacked_parallel
+    from biomatch.training import torch_threads
+
+    heads, feats, samplers, labels, views = _toy_heads()
+    cfg = TrainConfig(epochs=3, lr=1e-2, seed=0)
+    objective = make_objective("cross_view", margin=0.1)
+    seeds = [7 + h for h in range(len(heads))]
+    plain, zero, together = ([copy.deepcopy(h) for h in heads] for _ in range(3))
+    with torch_threads(1):
+        fit_stacked(plain, feats, samplers(), labels, views, objective, cfg)
+        fit_stacked(zero, feats, samplers(), labels, views, objective, cfg, input_dropout=0.0, seeds=seeds)
+        fit_stacked(together, feats, samplers(), labels, views, objective, cfg, input_dropout=0.3, seeds=seeds)
+        fit_stacked_parallel(heads, feats, samplers(), labels, views, objective, cfg, workers=2,
+                             input_dropout=0.3, seeds=seeds)
+        alone = copy.deepcopy(_toy_heads()[0][2])  # head 2 in a stack of its own, same seed
+        fit_stacked([alone], [feats[2]], [samplers()[2]], labels, views, objective, cfg, pad_to=24,
+                    input_dropout=0.3, seeds=[seeds[2]])
+    for a, b, c in zip(heads, together, zero):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), name
+    for a, b in zip(zero, plain):
+        for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(x, y), name
+    assert not torch.equal(together[0].net[0].weight, plain[0].net[0].weight)
+    for (name, x), y in zip(alone.state_dict().items(), together[2].state_dict().values()):
+        assert torch.equal(x, y), name
+    with pytest.raises(ValueError, match="one seed per head"):
+        fit_stacked(heads, feats, samplers(), labels, views, objective, cfg, input_dropout=0.3, seeds=seeds[:2])
+    with pytest.raises(ValueError, match="input_dropout must be in"):
+        fit_stacked(heads, feats, samplers(), labels, views, objective, cfg, input_dropout=1.0, seeds=seeds)

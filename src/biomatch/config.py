@@ -105,6 +105,9 @@ class MethodConfig(BaseModel):
     # xqda_pca dims (the whitening XQDA fits on the training images) and L2-normalized, appended to
     # the head taps. Needs xqda_taps.
     heads_read_xqda: bool = False
+    # Share of the heads' input features dropped at random in every training step (inverted
+    # dropout; frozen mode, stacked trainer only); nothing is dropped when embedding. 0 = off.
+    input_dropout: float = Field(default=0.0, ge=0, lt=1)
     # Query-set re-ranking (biomatch.hands.query_set; a separate protocol row: each query's ranking
     # reads the other test queries, never a test label): the final scores of each query + this weight
     # × the similarity-weighted mean of its mutual `query_neighbours`-nearest test queries' scores,

@@ -420,6 +420,7 @@ GEOMETRY_SWEEP = (0.0, 0.05, 0.1, 0.2, 0.4)
 HEAD_TRAIN_THREADS = 1  # every benchmark row was measured this way (benchmarks' --threads 1)
 HEAD_SEED_STRIDE = 7919  # head j of an ensemble trains with seed split.seed + j * stride
 BACKBONE_SEED_STRIDE = 104729  # with score fusion, backbone b's heads add b * this
+INPUT_DROPOUT_SEED_OFFSET = 15485863  # a head's input-dropout masks: its seed + this (not its sampler's stream)
 
 
 def head_input_dims(cfg: MethodConfig, backbone_dims: Sequence[int]) -> list[int]:
@@ -552,10 +553,16 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
             histories = fit_stacked_parallel([leaf for _, _, leaf in leaves], inputs, samplers,
                                              torch.as_tensor(labels), torch.as_tensor(_views(train)), objective,
                                              TrainConfig(**{**tcfg.__dict__, "epochs": head_epochs}), workers,
-                                             stderr_progress if loud else None)
+                                             stderr_progress if loud else None, cfg.input_dropout,
+                                             [s + INPUT_DROPOUT_SEED_OFFSET for s in seeds])
             history = histories[0]
             leaves_to_fit = []
         else:
+            if cfg.input_dropout:
+                from biomatch.errors import InputError
+
+                raise InputError("input_dropout needs the stacked head trainer (mode: frozen, two-layer heads, "
+                                 "no flip_augment, no per-epoch validation, no checkpoint)")
             leaves_to_fit = leaves
         for b, j, leaf in leaves_to_fit:
             seed = split.seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE

@@ -42,11 +42,19 @@ def stackable(heads: Sequence[nn.Module]) -> bool:
 def fit_stacked(heads: Sequence[ProjectionHead], inputs: Sequence[torch.Tensor], samplers: Sequence,
                 labels: torch.Tensor, views: torch.Tensor, objective: nn.Module, cfg: TrainConfig,
                 progress: Callable[[str], None] | None = None, pad_to: int | None = None,
-                what: str = "") -> list[History]:
+                what: str = "", input_dropout: float = 0.0, seeds: Sequence[int] | None = None) -> list[History]:
     """Train `heads[h]` on `inputs[h]` (N, d_h) with batches from `samplers[h]`, all at once; the
     trained weights (and BatchNorm statistics) are written back into the heads. Inputs are
-    zero-padded to `pad_to` (default: the widest input). `what` names the heads in progress lines."""
+    zero-padded to `pad_to` (default: the widest input). `what` names the heads in progress lines.
+    With `input_dropout`, each head's batch loses that share of its input features every step
+    (inverted dropout; head h's masks come from its own generator seeded by `seeds[h]`, so a
+    head's training does not depend on which other heads share its stack)."""
     n_heads = len(heads)
+    if not 0.0 <= input_dropout < 1.0:
+        raise ValueError(f"input_dropout must be in [0, 1), got {input_dropout}")
+    if input_dropout and (seeds is None or len(seeds) != n_heads):
+        raise ValueError("input_dropout needs one seed per head")
+    masks = [torch.Generator().manual_seed(int(s)) for s in seeds] if input_dropout and seeds is not None else []
     d_in = max([x.shape[1] for x in inputs] + [pad_to or 0])
     hidden, out = heads[0].dims[1], heads[0].dims[2]
     x_all = torch.zeros(n_heads, inputs[0].shape[0], d_in)
@@ -87,6 +95,8 @@ def fit_stacked(heads: Sequence[ProjectionHead], inputs: Sequence[torch.Tensor],
         for batches in zip(*samplers):
             idx = torch.as_tensor(np.asarray(batches))  # (H, B)
             xb = torch.gather(x_all, 1, idx[:, :, None].expand(-1, -1, d_in))
+            if masks:
+                xb = xb * dropout_keep(masks, xb.shape[1:], input_dropout) / (1.0 - input_dropout)
             z = torch.baddbmm(params[1][:, None, :], xb, params[0])  # (H, B, hidden)
             bsz = z.shape[1]
             z = F.relu(bn(z.permute(1, 0, 2).reshape(bsz, n_heads * hidden))).reshape(bsz, n_heads, hidden)
@@ -124,9 +134,25 @@ def fit_stacked(heads: Sequence[ProjectionHead], inputs: Sequence[torch.Tensor],
     return histories
 
 
+def dropout_keep(generators: Sequence[torch.Generator], shape: Sequence[int], rate: float) -> torch.Tensor:
+    """Which inputs a dropout step keeps: one boolean (shape) slice per head, from that head's own
+    generator, each entry False with probability `rate` (the trainer scales the kept ones by
+    1 / (1 − rate), so an input's expected value is unchanged).
+
+    >>> g = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]
+    >>> keep = dropout_keep(g, (1000, 50), 0.2)
+    >>> keep.shape, keep.dtype, bool(abs((~keep).float().mean() - 0.2) < 0.01)
+    (torch.Size([2, 1000, 50]), torch.bool, True)
+    >>> bool(torch.equal(keep[1], dropout_keep([torch.Generator().manual_seed(1)], (1000, 50), 0.2)[0]))
+    True
+    """
+    return torch.stack([torch.rand(tuple(shape), generator=g) >= rate for g in generators])
+
+
 def fit_stacked_parallel(heads: Sequence[ProjectionHead], inputs: Sequence[torch.Tensor], samplers: Sequence,
                          labels: torch.Tensor, views: torch.Tensor, objective: nn.Module, cfg: TrainConfig,
-                         workers: int, progress: Callable[[str], None] | None = None) -> list[History]:
+                         workers: int, progress: Callable[[str], None] | None = None,
+                         input_dropout: float = 0.0, seeds: Sequence[int] | None = None) -> list[History]:
     """`fit_stacked` with the heads split into `workers` groups trained in parallel threads.
 
     Why: head training runs on one intra-op thread (so a result does not depend on the core
@@ -145,7 +171,8 @@ def fit_stacked_parallel(heads: Sequence[ProjectionHead], inputs: Sequence[torch
         workers = 1
     groups = [list(range(len(heads)))[g::workers] for g in range(max(1, min(workers, len(heads))))]
     if len(groups) == 1:
-        return fit_stacked(heads, inputs, samplers, labels, views, objective, cfg, progress)
+        return fit_stacked(heads, inputs, samplers, labels, views, objective, cfg, progress,
+                           input_dropout=input_dropout, seeds=seeds)
     from concurrent.futures import ThreadPoolExecutor
 
     pad = max(x.shape[1] for x in inputs)
@@ -153,7 +180,8 @@ def fit_stacked_parallel(heads: Sequence[ProjectionHead], inputs: Sequence[torch
     def run(group: list[int], loud: bool) -> list[History]:
         return fit_stacked([heads[h] for h in group], [inputs[h] for h in group], [samplers[h] for h in group],
                            labels, views, objective, cfg, progress if loud else None, pad_to=pad,
-                           what=f"{len(heads)} heads in {len(groups)} threads (loss: the first {len(groups[0])})")
+                           what=f"{len(heads)} heads in {len(groups)} threads (loss: the first {len(groups[0])})",
+                           input_dropout=input_dropout, seeds=None if seeds is None else [seeds[h] for h in group])
 
     with ThreadPoolExecutor(len(groups)) as pool:
         done = list(pool.map(run, groups, [g == 0 for g in range(len(groups))]))
