@@ -347,10 +347,14 @@ def pooled_sessions(per_seed: Sequence[dict]) -> str:
             + " A diagnostic only: the protocol and the headline columns keep every query.")
 
 
-def same_run_notes(results: dict[str, dict[str, dict]], key: str, step: str, protocol: str = "") -> list[str]:
+def same_run_notes(results: dict[str, dict[str, dict]], key: str, step: str, protocol: str = "",
+                   after: tuple[str, str] | None = None) -> list[str]:
     """Per row whose seeds all recorded `key`:recall@1 / `key`:mean_rank (the same run scored
     before a step that runs last: the query-set step, the translation): those numbers pooled as the
-    columns are (mean over seeds), per role, beside the row's own."""
+    columns are (mean over seeds), per role, beside the row's own. With `after` = (key2, the step
+    after it) and seeds that recorded key2:… (that later step ran too: the query-set step after the
+    translation), the numbers right after this step are key2's, not the row's final ones, so the
+    note isolates the one step."""
     notes = []
     for name, recs in sorted(results.items()):
         parts = []
@@ -358,11 +362,14 @@ def same_run_notes(results: dict[str, dict[str, dict]], key: str, step: str, pro
             rec = recs.get(role)
             if rec is None or not all(f"{key}:mean_rank" in p for p in rec["per_seed"]):
                 continue
-            r1, mr = (float(np.mean([p[f"{key}:{m}"] for p in rec["per_seed"]])) for m in ("recall@1", "mean_rank"))
-            lower = sum(p["mean_rank"] < p[f"{key}:mean_rank"] for p in rec["per_seed"])
-            parts.append(f"{role} seeds {rec['seeds']}: {r1:.3f} / {mr:.2f} (with it {rec['metrics']['recall@1']['mean']:.3f}"
-                         f" / {rec['metrics']['mean_rank']['mean']:.2f}, mean rank lower on {lower} of "
-                         f"{len(rec['per_seed'])})")
+            seeds = rec["per_seed"]
+            r1, mr = (float(np.mean([p[f"{key}:{m}"] for p in seeds])) for m in ("recall@1", "mean_rank"))
+            then = f"{after[0]}:" if after and all(f"{after[0]}:mean_rank" in p for p in seeds) else ""
+            r1_with, mr_with = (float(np.mean([p[f"{then}{m}"] for p in seeds])) for m in ("recall@1", "mean_rank"))
+            lower = sum(p[f"{then}mean_rank"] < p[f"{key}:mean_rank"] for p in seeds)
+            label = f" (before the {after[1]})" if after and then else ""
+            parts.append(f"{role} seeds {rec['seeds']}: {r1:.3f} / {mr:.2f} (with it{label} "
+                         f"{r1_with:.3f} / {mr_with:.2f}, mean rank lower on {lower} of {len(seeds)})")
         if parts:
             notes.append(f"{name} without its {step}, the very same runs ({protocol}R@1 / mean rank): "
                          + "; ".join(parts) + ".")
@@ -375,8 +382,10 @@ def single_query_notes(results: dict[str, dict[str, dict]]) -> list[str]:
 
 
 def translation_notes(results: dict[str, dict[str, dict]]) -> list[str]:
-    """Per translation row (`translation_weight`): the same runs' numbers before the translation."""
-    return same_run_notes(results, "before_translation", "dorsal-to-palm translation")
+    """Per translation row (`translation_weight`): the same runs' numbers before the translation,
+    beside those right after it (before the query-set step, where one followed)."""
+    return same_run_notes(results, "before_translation", "dorsal-to-palm translation",
+                          after=("single_query", "query-set step"))
 
 
 def validation_notes(results: dict[str, dict[str, dict]]) -> list[str]:

@@ -224,6 +224,14 @@ def test_query_set_rows_also_show_their_single_query_numbers(bench):
         "x_tr without its dorsal-to-palm translation, the very same runs (R@1 / mean rank): tuning seeds [0, 1]: "
         "0.750 / 2.50 (with it 0.850 / 2.25, mean rank lower on 1 of 2)."]
     assert bench.single_query_notes(moved) == []
+    # a row with both steps: the translation's note compares with the scores right after the
+    # translation (its single-query numbers), not with the final ones after the query-set step too
+    both = {"x_tr_qn": {"tuning": rec([0, 1], [(0.7, 3.0), (0.8, 2.0)], [(0.8, 2.0), (0.9, 1.5)])}}
+    for p, before in zip(both["x_tr_qn"]["tuning"]["per_seed"], [(0.6, 3.5), (0.7, 1.5)]):
+        p["before_translation:recall@1"], p["before_translation:mean_rank"] = before
+    assert bench.translation_notes(both) == [
+        "x_tr_qn without its dorsal-to-palm translation, the very same runs (R@1 / mean rank): tuning seeds [0, 1]: "
+        "0.650 / 2.50 (with it (before the query-set step) 0.750 / 2.50, mean rank lower on 1 of 2)."]
 
 
 def test_the_section_shows_a_row_with_only_a_validation_run(bench, tmp_path, monkeypatch, hands_samples):
