@@ -250,3 +250,21 @@ def test_the_section_shows_a_row_with_only_a_validation_run(bench, tmp_path, mon
     assert cells[2:8] == ["–"] * 6  # tuning R@1 / mean rank, report R@1 / mean rank / R@5 / mAP
     assert f"hands_b_triplet_batch_hard {rec['metrics']['recall@1']['mean']:.3f}" in md
     assert "Validation seeds [5, 6, 7, 8, 9]" in md
+
+
+def test_the_hand_written_headlines_name_the_best_method_with_its_report_numbers():
+    """BENCHMARKS.md's summary table and the README's results table are written by hand: both must
+    name BEST_METHOD and quote its recorded report-seed R@1 / mean rank (the summary row once
+    still named the previous best after a new one was adopted)."""
+    from biomatch.hands.protocol import BEST_METHOD
+    from biomatch.results import RESULTS_DIR
+
+    rec = json.loads((RESULTS_DIR / f"hands_dorsal_palmar_{BEST_METHOD}_report.json").read_text())
+    r1, mr = rec["metrics"]["recall@1"]["mean"], rec["metrics"]["mean_rank"]["mean"]
+    wanted = {"BENCHMARKS.md": ("| Hands: dorsal → palmar |", [f"R@1 {r1:.3f}", f"mean rank {mr:.2f}"]),
+              "README.md": ("| Hands dorsal→palmar,", [f"{r1:.3f} / {mr:.2f}"])}
+    for doc, (start, numbers) in wanted.items():
+        rows = [line.replace("**", "") for line in (REPO_ROOT / doc).read_text().splitlines() if line.startswith(start)]
+        assert len(rows) == 1, doc
+        best_named = rows[0].index(BEST_METHOD)
+        assert all(rows[0].find(n) > best_named for n in numbers), (doc, numbers)
