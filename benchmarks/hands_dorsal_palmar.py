@@ -11,9 +11,15 @@ the commit each was measured at. A seed's result is written as soon as it finish
 run keeps what it did (`complete: false` until every planned seed is in). "(b) beats (a) on N of
 M seeds" only compares seeds both rows ran.
 
+`--head-draw D` (D > 0) reruns a method on the same split seeds with every head trained from other
+seeds (biomatch.hands.methods.HEAD_DRAW_STRIDE) into its own file (..._<method>_draw<D>_<role>.json):
+it chooses nothing and makes no row; the section lists the draws beside draw 0 (the recorded row),
+so a reader sees how far the heads' seeds alone move a result.
+
     python benchmarks/hands_dorsal_palmar.py --role tuning [--configs configs/hands_b*.yaml]
     python benchmarks/hands_dorsal_palmar.py --role validation --configs <candidate + the method it would replace>
     python benchmarks/hands_dorsal_palmar.py --role report --configs <frozen best + a, b, controls>
+    python benchmarks/hands_dorsal_palmar.py --role tuning --head-draw 1 --configs <a method>
 """
 
 from __future__ import annotations
@@ -94,10 +100,11 @@ def aggregate(per_seed: Sequence[dict]) -> dict:
 
 
 def run_config(path: str, seeds: Sequence[int], role: str, samples, device: str, resume: bool,
-               results_dir=RESULTS_DIR) -> dict:
-    """Run one config over `seeds`, rewriting its result file after every seed."""
+               results_dir=RESULTS_DIR, head_draw: int = 0) -> dict:
+    """Run one config over `seeds`, rewriting its result file after every seed (head draw > 0:
+    its own file, no figures)."""
     cfg = load_method(path)
-    name = result_name(cfg.name, role)
+    name = result_name(f"{cfg.name}_draw{head_draw}" if head_draw else cfg.name, role)
     out = results_dir / f"{name}.json"
     per_seed: list[dict] = []
     if resume and out.is_file():
@@ -109,7 +116,7 @@ def run_config(path: str, seeds: Sequence[int], role: str, samples, device: str,
         if seed in done:
             continue
         load_before = os.getloadavg()
-        r = run_method(cfg, make_split(samples, seed), device=device, progress=False)
+        r = run_method(cfg, make_split(samples, seed), device=device, progress=False, head_draw=head_draw)
         ci = bootstrap_ci(r.ranks, n_boot=1000, seed=seed)["recall@1"]
         by_identity = identity_first_ranks(r.score_matrix(), [q.identity for q in r.queries],
                                            [g.identity for g in r.gallery])
@@ -128,15 +135,16 @@ def run_config(path: str, seeds: Sequence[int], role: str, samples, device: str,
                "feature_runtime": feature_runtime(device)}
         per_seed.append(rec)
         with _locked(out):  # several processes may run seeds of one config: merge, never clobber
-            _write(cfg, name, role, seeds, merged_seeds(out, cfg, per_seed), results_dir)
-        if cfg.name == BEST_METHOD and seed == seeds[0] and role != "validation":  # the section shows tuning/report ones
+            _write(cfg, name, role, seeds, merged_seeds(out, cfg, per_seed), results_dir, head_draw)
+        # the figures show the recorded row (draw 0) of the tuning and report seeds
+        if not head_draw and cfg.name == BEST_METHOD and seed == seeds[0] and role != "validation":  # the section shows tuning/report ones
             plot_worst_queries(r, results_dir / PLOTS.name / f"{cfg.name}_{role}_seed{seed}_worst.png")
-        if cfg.name == BEST_METHOD and rec["sessions"]["cross_session"]["n_queries"]:
+        if not head_draw and cfg.name == BEST_METHOD and rec["sessions"]["cross_session"]["n_queries"]:
             cross = cross_session_queries(r.queries, r.gallery)
             for identity in sorted({q.identity for q, c in zip(r.queries, cross) if c}):
                 plot_subject_sessions(r.queries + r.gallery, identity,
                                       results_dir / PLOTS.name / f"sessions_{identity}.png")
-        print(f"{cfg.name} [{role}] seed {seed}: R@1 {r.metrics['recall@1']:.3f} mean rank "
+        print(f"{cfg.name}{f' draw {head_draw}' if head_draw else ''} [{role}] seed {seed}: R@1 {r.metrics['recall@1']:.3f} mean rank "
               f"{r.metrics['mean_rank']:.2f} ({r.timing['train_s']:.0f} s train)", flush=True)
     return json.loads(out.read_text())
 
@@ -163,7 +171,8 @@ def _locked(path):
         yield
 
 
-def _write(cfg, name: str, role: str, seeds: Sequence[int], per_seed: list[dict], results_dir) -> None:
+def _write(cfg, name: str, role: str, seeds: Sequence[int], per_seed: list[dict], results_dir,
+           head_draw: int = 0) -> None:
     planned = sorted(set(seeds) | {p["seed"] for p in per_seed})
     write_result(
         name, benchmark="hands_dorsal_palmar", method=f"{cfg.name}: {cfg.description}", dataset=DATASET,
@@ -172,7 +181,7 @@ def _write(cfg, name: str, role: str, seeds: Sequence[int], per_seed: list[dict]
         timing={"train_s_mean": float(np.mean([p["train_s"] for p in per_seed])),
                 "features_s_first_seed": per_seed[0]["features_s"]},
         extra={**role_record(role, [p["seed"] for p in per_seed]),
-               "config": cfg.model_dump(), "verdict": cfg.verdict, "per_seed": per_seed,
+               "config": cfg.model_dump(), "verdict": cfg.verdict, "per_seed": per_seed, "head_draw": head_draw,
                "load": list(os.getloadavg()), "seeds_this_process": planned,
                # seeds measured before biomatch.models.onnx_features ran their features through PyTorch
                "feature_runtime": sorted({p.get("feature_runtime", "torch") for p in per_seed})},
@@ -196,7 +205,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 on a shared CPU)")
     parser.add_argument("--resume", action="store_true", help="keep seeds already in the result file (same config)")
     parser.add_argument("--section-only", action="store_true", help="only rewrite the BENCHMARKS.md section")
+    parser.add_argument("--head-draw", type=int, default=0,
+                        help="D > 0: the same method and splits with every head from other seeds (own file, no row)")
     args = parser.parse_args()
+    if args.head_draw < 0:
+        sys.exit(f"--head-draw must be 0 or more, got {args.head_draw}")
     torch.set_num_threads(args.threads)
     role_seeds = list(ROLE_SEEDS[args.role])
     seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else role_seeds
@@ -209,7 +222,7 @@ def main() -> None:
                                          if not Path(c).name.startswith(GPU_SCRIPTED_PREFIX))
         samples = load_hands()
         for path in configs:
-            run_config(path, seeds, args.role, samples, args.device, args.resume)
+            run_config(path, seeds, args.role, samples, args.device, args.resume, head_draw=args.head_draw)
     write_section()
 
 
@@ -402,6 +415,30 @@ def validation_notes(results: dict[str, dict[str, dict]]) -> list[str]:
             + "; ".join(parts) + "."]
 
 
+def head_draw_notes(results: dict[str, dict[str, dict]], draws: dict[tuple[str, str], dict[int, dict]]) -> list[str]:
+    """Per method and role with head draws: every draw's R@1 / mean rank on the seeds draw 0 (the
+    row) shares with it, their mean ± std, and the mean over seeds of the per-seed std across draws."""
+    notes = []
+    for (name, role), extra in sorted(draws.items()):
+        row = results.get(name, {}).get(role)
+        if row is None:
+            continue
+        recs = {0: row, **extra}
+        common = sorted(set.intersection(*({p["seed"] for p in r["per_seed"]} for r in recs.values())))
+        if not common:
+            continue
+        table = {d: {p["seed"]: p for p in r["per_seed"] if p["seed"] in common} for d, r in sorted(recs.items())}
+        mr = {d: np.mean([table[d][s]["mean_rank"] for s in common]) for d in table}
+        r1 = {d: np.mean([table[d][s]["recall@1"] for s in common]) for d in table}
+        per_seed_sd = np.mean([np.std([table[d][s]["mean_rank"] for d in table]) for s in common])
+        notes.append(f"{name}, head-seed draws (the same method and splits, every head from other seeds; "
+                     f"`--head-draw`, draw 0 is the row), {role} seeds {common}, R@1 / mean rank: "
+                     + ", ".join(f"draw {d} {r1[d]:.3f} / {mr[d]:.3f}" for d in table)
+                     + f"; over the {len(table)} draws {np.mean(list(mr.values())):.3f} ± {np.std(list(mr.values())):.3f}"
+                     f" (per seed, the std across draws averages {per_seed_sd:.3f}).")
+    return notes
+
+
 def measured_on(results: dict[str, dict[str, dict]]) -> str:
     """The distinct machines of the result files (without the load they were written at)."""
     machines = sorted({rec["machine"].split("; load")[0] for recs in results.values() for rec in recs.values()})
@@ -411,11 +448,15 @@ def measured_on(results: dict[str, dict[str, dict]]) -> str:
 def write_section() -> None:
     """The BENCHMARKS.md section from every result file whose config still exists."""
     results: dict[str, dict[str, dict]] = {}
+    draws: dict[tuple[str, str], dict[int, dict]] = {}  # (method, role) -> {head draw > 0: record}
     for path in sorted(RESULTS_DIR.glob("hands_dorsal_palmar_*.json")):
         record = json.loads(path.read_text())
         name, role = record["config"]["name"], record.get("seed_role")
         if role in ROLE_SEEDS and (REPO_ROOT / "configs" / f"{name}.yaml").is_file():
-            results.setdefault(name, {})[role] = record
+            if record.get("head_draw", 0):
+                draws.setdefault((name, role), {})[record["head_draw"]] = record
+            else:
+                results.setdefault(name, {})[role] = record
     derived_notes = _derive_tuning(results)
     rows = []
     for name, recs in sorted(results.items(), key=lambda kv: (kv[0] != BEST_METHOD, kv[0])):
@@ -435,7 +476,8 @@ def write_section() -> None:
     for ref_name, ref in REFERENCES.values():
         rows.append([f"reference: {ref_name}", "published, 1 split", "–", "–", f"{ref['recall@1']:.3f}",
                      f"{ref['mean_rank']:.2f}", f"{ref['recall@5']:.3f}", "–", "–", "–", "–"])
-    notes = list(derived_notes) + validation_notes(results) + single_query_notes(results) + translation_notes(results)
+    notes = (list(derived_notes) + validation_notes(results) + single_query_notes(results) + translation_notes(results)
+             + head_draw_notes(results, draws))
     ort = sorted(n for n, recs in results.items()
                  if any(p.get("feature_runtime") == "onnxruntime" for rec in recs.values() for p in rec["per_seed"]))
     if ort:

@@ -268,3 +268,37 @@ def test_the_hand_written_headlines_name_the_best_method_with_its_report_numbers
         assert len(rows) == 1, doc
         best_named = rows[0].index(BEST_METHOD)
         assert all(rows[0].find(n) > best_named for n in numbers), (doc, numbers)
+
+
+def test_head_draws_get_their_own_file_no_row_and_a_note_beside_the_row(bench, tmp_path, monkeypatch, hands_samples):
+    """--head-draw D reruns a method on the same seeds with other head seeds: run_method gets the
+    draw, the record goes to ..._draw<D>_<role>.json with head_draw, the table keeps one row (draw 0)
+    and the note lists every draw's mean over the seeds all draws share."""
+    seen = []
+
+    def run(cfg, split, device="cpu", progress=False, head_draw=0, **_):
+        seen.append(head_draw)
+        return _fake_run()(cfg, split.__class__(split.train, split.val, split.test, split.seed + 100 * head_draw))
+
+    monkeypatch.setattr(bench, "run_method", run)
+    cfg = str(REPO_ROOT / "configs" / "hands_b_triplet_batch_hard.yaml")
+    row = bench.run_config(cfg, [0, 1, 2], "tuning", hands_samples, "cpu", False, results_dir=tmp_path)
+    one = bench.run_config(cfg, [0, 1], "tuning", hands_samples, "cpu", False, results_dir=tmp_path, head_draw=1)
+    assert seen == [0, 0, 0, 1, 1]
+    assert (tmp_path / "hands_dorsal_palmar_hands_b_triplet_batch_hard_draw1_tuning.json").is_file()
+    assert row["head_draw"] == 0 and one["head_draw"] == 1 and one["seeds"] == [0, 1]
+    assert one["per_seed"][0]["mean_rank"] != row["per_seed"][0]["mean_rank"]  # other heads, other ranks
+    written = {}
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(bench, "update_benchmarks_section", lambda name, md: written.update({name: md}))
+    bench.write_section()
+    md = written["hands_dorsal_palmar"]
+    assert sum(line.startswith("| hands_b_triplet_batch_hard |") for line in md.splitlines()) == 1
+    mr0 = np.mean([p["mean_rank"] for p in row["per_seed"][:2]])  # the seeds both draws ran
+    mr1 = np.mean([p["mean_rank"] for p in one["per_seed"]])
+    sd = np.mean([np.std([row["per_seed"][i]["mean_rank"], one["per_seed"][i]["mean_rank"]]) for i in (0, 1)])
+    assert (f"hands_b_triplet_batch_hard, head-seed draws (the same method and splits, every head from other seeds; "
+            f"`--head-draw`, draw 0 is the row), tuning seeds [0, 1], R@1 / mean rank: draw 0 "
+            f"{np.mean([p['recall@1'] for p in row['per_seed'][:2]]):.3f} / {mr0:.3f}, draw 1 "
+            f"{np.mean([p['recall@1'] for p in one['per_seed']]):.3f} / {mr1:.3f}; over the 2 draws "
+            f"{np.mean([mr0, mr1]):.3f} ± {np.std([mr0, mr1]):.3f} (per seed, the std across draws averages {sd:.3f}).") in md

@@ -243,3 +243,26 @@ def test_run_method_input_dropout_trains_other_heads_and_needs_the_stacked_train
     lone = {**base, "n_heads": 1, "train_on_val": False, "xqda_weight": 0.0}
     with pytest.raises(InputError, match="input_dropout needs the stacked head trainer"):
         run_method(MethodConfig(**lone, input_dropout=0.2), split, cache=tmp_path, progress=False)
+
+
+def test_run_method_head_draws_retrain_the_heads_from_other_seeds_and_draw_zero_is_the_row(tiny_fusion_case, tmp_path):
+    """head_draw 0 is the recorded run bit for bit; draw 1 trains every head from other seeds
+    (same split, same features: other embeddings) and is itself reproducible; a negative draw is refused."""
+    from biomatch.hands.methods import HEAD_DRAW_STRIDE, build_model, leaf_seed, model_leaves, run_method
+
+    split, base = tiny_fusion_case
+    cfg = MethodConfig(**{**base, "n_heads": 2})
+    plain = run_method(cfg, split, cache=tmp_path, progress=False)
+    zero = run_method(cfg, split, cache=tmp_path, progress=False, head_draw=0)
+    np.testing.assert_array_equal(zero.query_emb, plain.query_emb)
+    one = run_method(cfg, split, cache=tmp_path, progress=False, head_draw=1)
+    assert [s.path for s in one.queries] == [s.path for s in plain.queries]
+    assert not np.allclose(one.query_emb, plain.query_emb)
+    np.testing.assert_array_equal(run_method(cfg, split, cache=tmp_path, progress=False, head_draw=1).query_emb,
+                                  one.query_emb)
+    with pytest.raises(InputError, match="head_draw must be 0 or more"):
+        run_method(cfg, split, cache=tmp_path, progress=False, head_draw=-1)
+    # the seeds: head j of block b at draw d starts from split seed + d * stride + j * 7919 + b * 104729
+    assert leaf_seed(3 + 2 * HEAD_DRAW_STRIDE, 1, 1) == 3 + 2 * HEAD_DRAW_STRIDE + 7919 + 104729
+    a, b = (model_leaves(build_model(cfg, [8, 8], seed)) for seed in (0, HEAD_DRAW_STRIDE))
+    assert len(a) == 4 and all(not torch.equal(next(x[2].parameters()), next(y[2].parameters())) for x, y in zip(a, b))

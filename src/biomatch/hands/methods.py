@@ -421,6 +421,14 @@ HEAD_TRAIN_THREADS = 1  # every benchmark row was measured this way (benchmarks'
 HEAD_SEED_STRIDE = 7919  # head j of an ensemble trains with seed split.seed + j * stride
 BACKBONE_SEED_STRIDE = 104729  # with score fusion, backbone b's heads add b * this
 INPUT_DROPOUT_SEED_OFFSET = 15485863  # a head's input-dropout masks: its seed + this (not its sampler's stream)
+# draw d of the heads' seeds (run_method's head_draw) shifts every head's seed by d * this: the same
+# method and split with other head initializations and batches, to measure how much those alone move a result
+HEAD_DRAW_STRIDE = 1000003
+
+
+def leaf_seed(base: int, block: int, head: int) -> int:
+    """Seed of head `head` of block `block` (see `build_model`) for a run whose heads start from `base`."""
+    return base + head * HEAD_SEED_STRIDE + block * BACKBONE_SEED_STRIDE
 
 
 def head_input_dims(cfg: MethodConfig, backbone_dims: Sequence[int]) -> list[int]:
@@ -437,8 +445,7 @@ def build_model(cfg: MethodConfig, in_dims: Sequence[int], seed: int = 0) -> nn.
     seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE."""
     parts = []
     for b, dim in enumerate(in_dims):
-        heads = [build_head(cfg, dim, seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE)
-                 for j in range(cfg.n_heads)]
+        heads = [build_head(cfg, dim, leaf_seed(seed, b, j)) for j in range(cfg.n_heads)]
         parts.append(heads[0] if len(heads) == 1 else EnsembleHead(heads))
     if len(parts) == 1:
         return parts[0]
@@ -472,13 +479,20 @@ def side_scores(scores: np.ndarray, queries: Sequence[Sample], gallery: Sequence
 
 
 def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache: Path | None = None,
-               progress: bool = True, checkpoint: Path | None = None) -> RunResult:
+               progress: bool = True, checkpoint: Path | None = None, head_draw: int = 0) -> RunResult:
     """Train `cfg` on split.train (validating on split.val) and evaluate on split.test.
 
     With `cfg.train_on_val` the head trains on train + val for the fixed budget, without
     validation (the 11 % val split is too small to select epochs by). With `cfg.n_heads` > 1,
     that many heads train with different seeds and are averaged (`EnsembleHead`). With
-    `cfg.rerank`, the test ranking is re-scored (a separate protocol row)."""
+    `cfg.rerank`, the test ranking is re-scored (a separate protocol row). `head_draw` d > 0 trains
+    every head from other seeds (each shifted by d × HEAD_DRAW_STRIDE; 0 = the recorded rows): the
+    same method on the same split, to measure the spread the heads' seeds alone cause."""
+    if head_draw < 0:
+        from biomatch.errors import InputError
+
+        raise InputError(f"head_draw must be 0 or more, got {head_draw}")
+    head_base = split.seed + head_draw * HEAD_DRAW_STRIDE
     all_samples = split.train + split.val + split.test
     from biomatch.hands.extra_train import extra_photos, for_subjects
 
@@ -508,7 +522,7 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
         raise InputError("n_heads > 1 needs mode: frozen")
     objective = _objective(cfg, len(set(labels)))
     tcfg = TrainConfig(epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay, patience=cfg.patience,
-                       seed=split.seed, device=device)
+                       seed=head_base, device=device)
 
     def embed_head(samples: Sequence[Sample], module: nn.Module) -> np.ndarray:
         canon, alt = bank.canonical(samples)
@@ -533,7 +547,7 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
             from biomatch.errors import InputError
 
             raise InputError("fusion: score needs mode: frozen")
-        head = build_model(cfg, in_dims, split.seed)
+        head = build_model(cfg, in_dims, head_base)
         leaves = model_leaves(head)
         bounds = np.cumsum([0, *in_dims])
         history = History()
@@ -545,7 +559,7 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
         if (cfg.mode == "frozen" and not cfg.flip_augment and not needs_val and checkpoint is None
                 and stackable([leaf for _, _, leaf in leaves])):
             # every head at once, same training as the loop below (biomatch.hands.stacked)
-            seeds = [split.seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE for b, j, _ in leaves]
+            seeds = [leaf_seed(head_base, b, j) for b, j, _ in leaves]
             canon_t = torch.from_numpy(canon)
             inputs = [canon_t[:, bounds[b]:bounds[b + 1]] for b, _, _ in leaves]
             samplers = [_make_sampler(cfg, train, labels, seed, tables[b]) for seed, (b, _, _) in zip(seeds, leaves)]
@@ -565,7 +579,7 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
                                  "no flip_augment, no per-epoch validation, no checkpoint)")
             leaves_to_fit = leaves
         for b, j, leaf in leaves_to_fit:
-            seed = split.seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE
+            seed = leaf_seed(head_base, b, j)
             lo, hi = bounds[b], bounds[b + 1]
             dataset = FeatureDataset(np.ascontiguousarray(canon[:, lo:hi]),
                                      None if alt is None else np.ascontiguousarray(alt[:, lo:hi]),
