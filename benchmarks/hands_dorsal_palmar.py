@@ -136,15 +136,16 @@ def run_config(path: str, seeds: Sequence[int], role: str, samples, device: str,
         per_seed.append(rec)
         with _locked(out):  # several processes may run seeds of one config: merge, never clobber
             _write(cfg, name, role, seeds, merged_seeds(out, cfg, per_seed), results_dir, head_draw)
-        # the figures show the recorded row (draw 0) of the tuning and report seeds
-        if not head_draw and cfg.name == BEST_METHOD and seed == seeds[0] and role != "validation":  # the section shows tuning/report ones
+        # the section's figures show the recorded row (draw 0) of the tuning and report seeds
+        if not head_draw and cfg.name == BEST_METHOD and seed == seeds[0] and role != "validation":
             plot_worst_queries(r, results_dir / PLOTS.name / f"{cfg.name}_{role}_seed{seed}_worst.png")
         if not head_draw and cfg.name == BEST_METHOD and rec["sessions"]["cross_session"]["n_queries"]:
             cross = cross_session_queries(r.queries, r.gallery)
             for identity in sorted({q.identity for q, c in zip(r.queries, cross) if c}):
                 plot_subject_sessions(r.queries + r.gallery, identity,
                                       results_dir / PLOTS.name / f"sessions_{identity}.png")
-        print(f"{cfg.name}{f' draw {head_draw}' if head_draw else ''} [{role}] seed {seed}: R@1 {r.metrics['recall@1']:.3f} mean rank "
+        drawn = f" draw {head_draw}" if head_draw else ""
+        print(f"{cfg.name}{drawn} [{role}] seed {seed}: R@1 {r.metrics['recall@1']:.3f} mean rank "
               f"{r.metrics['mean_rank']:.2f} ({r.timing['train_s']:.0f} s train)", flush=True)
     return json.loads(out.read_text())
 
@@ -434,8 +435,8 @@ def head_draw_notes(results: dict[str, dict[str, dict]], draws: dict[tuple[str, 
         notes.append(f"{name}, head-seed draws (the same method and splits, every head from other seeds; "
                      f"`--head-draw`, draw 0 is the row), {role} seeds {common}, R@1 / mean rank: "
                      + ", ".join(f"draw {d} {r1[d]:.3f} / {mr[d]:.3f}" for d in table)
-                     + f"; over the {len(table)} draws {np.mean(list(mr.values())):.3f} ± {np.std(list(mr.values())):.3f}"
-                     f" (per seed, the std across draws averages {per_seed_sd:.3f}).")
+                     + f"; over the {len(table)} draws {np.mean(list(mr.values())):.3f} ± "
+                     f"{np.std(list(mr.values())):.3f} (per seed, the std across draws averages {per_seed_sd:.3f}).")
     return notes
 
 

@@ -301,4 +301,5 @@ def test_head_draws_get_their_own_file_no_row_and_a_note_beside_the_row(bench, t
             f"`--head-draw`, draw 0 is the row), tuning seeds [0, 1], R@1 / mean rank: draw 0 "
             f"{np.mean([p['recall@1'] for p in row['per_seed'][:2]]):.3f} / {mr0:.3f}, draw 1 "
             f"{np.mean([p['recall@1'] for p in one['per_seed']]):.3f} / {mr1:.3f}; over the 2 draws "
-            f"{np.mean([mr0, mr1]):.3f} ± {np.std([mr0, mr1]):.3f} (per seed, the std across draws averages {sd:.3f}).") in md
+            f"{np.mean([mr0, mr1]):.3f} ± {np.std([mr0, mr1]):.3f} "
+            f"(per seed, the std across draws averages {sd:.3f}).") in md

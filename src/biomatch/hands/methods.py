@@ -441,8 +441,7 @@ def head_input_dims(cfg: MethodConfig, backbone_dims: Sequence[int]) -> list[int
 def build_model(cfg: MethodConfig, in_dims: Sequence[int], seed: int = 0) -> nn.Module:
     """The (untrained) head structure of `cfg` for head-input widths `in_dims` (see
     `head_input_dims`): one head, an `EnsembleHead` of `cfg.n_heads`, or a `FusionHead` of one
-    such per input block. Head j of block b draws its weights from
-    seed + j * HEAD_SEED_STRIDE + b * BACKBONE_SEED_STRIDE."""
+    such per input block. Head j of block b draws its weights from `leaf_seed(seed, b, j)`."""
     parts = []
     for b, dim in enumerate(in_dims):
         heads = [build_head(cfg, dim, leaf_seed(seed, b, j)) for j in range(cfg.n_heads)]
