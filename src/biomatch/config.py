@@ -105,6 +105,9 @@ class MethodConfig(BaseModel):
     # xqda_pca dims (the whitening XQDA fits on the training images) and L2-normalized, appended to
     # the head taps. Needs xqda_taps.
     heads_read_xqda: bool = False
+    # Backbone entries whose XQDA features feed only the heads (heads_read_xqda), not the XQDA and
+    # translation score sums (chosen on the tuning seeds for the hand-net branch, configs/hands_e8xpl1_xcov_trh_hn.yaml).
+    xqda_score_skip: list[str] = Field(default_factory=list)
     # Share of the heads' input features dropped at random in every training step (inverted
     # dropout; frozen mode, stacked trainer only); nothing is dropped when embedding. 0 = off.
     input_dropout: float = Field(default=0.0, ge=0, lt=1)
@@ -134,6 +137,8 @@ class MethodConfig(BaseModel):
             base, _, variant = name.partition("@")
             if variant not in ("", "aligned", "parts"):
                 raise ValueError(f"backbone {name!r}: the variants are '<backbone>@aligned' and '<backbone>@parts'")
+            if base == "mediapipe_hand" and variant != "aligned":
+                raise ValueError(f"backbone {name!r}: the hand net reads the aligned crop only: 'mediapipe_hand@aligned'")
         return names
 
     @model_validator(mode="after")
@@ -161,6 +166,13 @@ class MethodConfig(BaseModel):
                 raise ValueError(f"xqda_taps repeats taps the heads read: {sorted(set(self.xqda_taps) & set(self.taps))}")
         if self.heads_read_xqda and not self.xqda_taps:
             raise ValueError("heads_read_xqda needs xqda_taps (the features it appends to the heads' input)")
+        unknown = set(self.xqda_score_skip) - set(self.backbones)
+        if unknown:
+            raise ValueError(f"xqda_score_skip names backbones the method does not have: {sorted(unknown)}")
+        if self.xqda_score_skip and not self.xqda_taps:
+            raise ValueError("xqda_score_skip needs xqda_taps (per-backbone XQDA blocks)")
+        if set(self.backbones) <= set(self.xqda_score_skip) and (self.xqda_weight or self.translation_weight):
+            raise ValueError("xqda_score_skip leaves no backbone for the XQDA and translation scores")
         return self
 
     @field_validator("taps", "xqda_taps")

@@ -219,8 +219,15 @@ class FeatureBank:
             points, self.landmarks_ok = cached_landmarks(ordered, cache, progress)
             if cfg.geometry_weight > 0:
                 self.geometry = cached_geometry(ordered, points, cache)
-        for entry in cfg.backbones:
+        hand_net: dict[int, np.ndarray] = {}  # entry index → hand-net taps (biomatch.hands.handnet), no job
+        job_entry: list[int] = []  # per job: its entry in cfg.backbones
+        for e, entry in enumerate(cfg.backbones):
             name, _, variant = entry.partition("@")
+            if name == HAND_NET:
+                from biomatch.hands.handnet import cached_handnet_features
+
+                hand_net[e] = cached_handnet_features(ordered, points, cache, progress)
+                continue
             bb = create_backbone(name, pool=cfg.pool).to(device)
             size = cfg.image_size or bb.input_size
             tf = background_transform(cfg.background, tuple(cfg.background_color),
@@ -261,19 +268,35 @@ class FeatureBank:
                 loader_id, key = repr(loader), f"{key}@parts"
             for mirror in (False, True) if need_mirror else (False,):
                 jobs.append(FeatureJob(extractor, key, ordered, tf, (size, size), mirror, loader, loader_id))
+                job_entry.append(e)
                 picks.append(slices)
                 head_widths.append(head_width)
                 groups.append(xqda_groups)
             self.backbones.append(bb)
-        # every entry's features (two at a time where they must be computed: biomatch.embeddings)
-        for job, slices, width, cols, feats in zip(jobs, picks, head_widths, groups,
-                                                   run_feature_jobs(jobs, cache, progress)):
+        # every entry's features (two at a time where they must be computed: biomatch.embeddings), in entry order
+        by_entry: dict[int, list[tuple[bool, np.ndarray, int | None, list[np.ndarray] | None]]] = {}
+        for job, e, slices, width, cols, feats in zip(jobs, job_entry, picks, head_widths, groups,
+                                                      run_feature_jobs(jobs, cache, progress)):
             if slices is not None:
                 feats = np.concatenate([feats[:, sl] for sl in slices], axis=1)
-            if width is not None and cols is not None:  # XQDA reads every tap, the heads the first `width` columns
-                xqda_plain += [F.normalize(torch.from_numpy(np.ascontiguousarray(feats[:, c])), dim=1) for c in cols]
-                feats = feats[:, :width]
-            (mirrored if job.mirror else plain).append(F.normalize(torch.from_numpy(np.ascontiguousarray(feats)), dim=1))
+            by_entry.setdefault(e, []).append((job.mirror, feats, width, cols))
+        if hand_net and need_mirror:
+            from biomatch.errors import InputError
+
+            raise InputError(f"the {HAND_NET} branch has no mirrored features: no mirror_gallery, flip_augment or tta")
+        from biomatch.hands.handnet import head_width as hand_net_width
+
+        self.xqda_entry: list[str] = []  # per XQDA block: the cfg.backbones entry it comes from
+        for e, entry in enumerate(cfg.backbones):
+            if e in hand_net:  # head taps first, then the covariances: one XQDA block, like a tap extractor's
+                f, w = hand_net[e], hand_net_width()
+                by_entry[e] = [(False, f, w, [np.arange(f.shape[1])]) if cfg.xqda_taps else (False, f[:, :w], None, None)]
+            for mirror, feats, width, cols in by_entry[e]:
+                if width is not None and cols is not None:  # XQDA reads every tap, the heads the first `width` columns
+                    xqda_plain += [F.normalize(torch.from_numpy(np.ascontiguousarray(feats[:, c])), dim=1) for c in cols]
+                    self.xqda_entry += [entry] * len(cols)
+                    feats = feats[:, :width]
+                (mirrored if mirror else plain).append(F.normalize(torch.from_numpy(np.ascontiguousarray(feats)), dim=1))
         self.seconds = time.perf_counter() - start
         self.dims = [p.shape[1] for p in plain]
         self.plain = torch.cat(plain, 1).numpy()
@@ -417,6 +440,7 @@ class FusionHead(nn.Module):
 
 
 GEOMETRY_SWEEP = (0.0, 0.05, 0.1, 0.2, 0.4)
+HAND_NET = "mediapipe_hand"  # the branch read from MediaPipe's hand-landmark CNN (biomatch.hands.handnet)
 HEAD_TRAIN_THREADS = 1  # every benchmark row was measured this way (benchmarks' --threads 1)
 HEAD_SEED_STRIDE = 7919  # head j of an ensemble trains with seed split.seed + j * stride
 BACKBONE_SEED_STRIDE = 104729  # with score fusion, backbone b's heads add b * this
@@ -639,11 +663,12 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
             scores = scores + cfg.geometry_weight * geo_scores
         scores = boosted(scores)
         if xqda_train is not None and (cfg.xqda_weight or cfg.translation_weight):
-            feats = (xqda_train, bank.xqda_features(queries), bank.xqda_features(gallery))
+            feats, scored_whitenings = _scored_blocks(cfg, bank, (xqda_train, bank.xqda_features(queries),
+                                                                  bank.xqda_features(gallery)), whitenings)
             if cfg.xqda_weight:
-                scores = _fuse_xqda(cfg, feats, train, scores, q_ids, g_ids, extra, whitenings)
+                scores = _fuse_xqda(cfg, feats, train, scores, q_ids, g_ids, extra, scored_whitenings)
             if cfg.translation_weight:
-                scores = _fuse_translation(cfg, feats, train, scores, q_ids, g_ids, extra, whitenings)
+                scores = _fuse_translation(cfg, feats, train, scores, q_ids, g_ids, extra, scored_whitenings)
         if cfg.query_neighbours:
             scores = _query_set(cfg, bank, train, queries, scores, q_ids, g_ids, extra)
         ranks = ranks_from_scores(scores, q_ids, g_ids)
@@ -665,6 +690,19 @@ def _record_ablation(extra: dict[str, float], name: str, scores: np.ndarray, q_i
 
 # (train, queries, gallery) features as `FeatureBank.xqda_features` gives them: (rows, block widths)
 XqdaFeatures = tuple[tuple[np.ndarray, list[int]], ...]
+
+
+def _scored_blocks(cfg: MethodConfig, bank: FeatureBank, feats: XqdaFeatures,
+                   whitenings: Sequence[Whitening]) -> tuple[XqdaFeatures, list[Whitening]]:
+    """`feats` and `whitenings` without the XQDA blocks of the `cfg.xqda_score_skip` branches: those
+    blocks feed the heads (heads_read_xqda) but not the XQDA and translation score sums."""
+    if not cfg.xqda_score_skip:
+        return feats, list(whitenings)
+    keep = [i for i, entry in enumerate(bank.xqda_entry) if entry not in cfg.xqda_score_skip]
+    bounds = np.cumsum([0, *feats[0][1]])
+    cols = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in keep])
+    widths = [feats[0][1][i] for i in keep]
+    return tuple((x[:, cols], widths) for x, _ in feats), [whitenings[i] for i in keep]
 
 
 def _fuse_xqda(cfg: MethodConfig, feats: XqdaFeatures, train: Sequence[Sample], scores: np.ndarray,

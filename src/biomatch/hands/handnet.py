@@ -1,0 +1,149 @@
+"""Features of a network trained on hands: MediaPipe's hand-landmark CNN, read from the inside.
+
+Every other hands branch is an ImageNet network. MediaPipe's `hand_landmark_full.tflite` (shipped in
+the mediapipe 0.10.14 wheel, so it runs offline) is a MobileNetV2-like CNN trained to regress 21
+hand landmarks on hand crops of both sides, so its inner maps have seen only hands. Its input is a
+224×224 hand crop with the fingers up, which is what the landmark-aligned crop
+(`biomatch.hands.landmarks.align_hand`) is. `ai-edge-litert` runs it and keeps the intermediate
+tensors (`experimental_preserve_all_tensors`), from which this module pools:
+
+- head taps: per-channel mean and standard deviation of `add_5` (14×14×112) and `add_8` (7×7×192);
+- XQDA extras: the channel covariances (signed square root, upper triangle) of `add_1` (28×28×40)
+  and `add_5`, second-order texture as the `"<stage>:cov"` taps of the EfficientNet branches.
+
+Each tap is L2-normalized, as `biomatch.hands.features.TapFeatures` does. Measured on the tuning
+seeds as a sixth branch of hands_e10xpl1_xcov_trh with 8 heads per branch (configs/
+hands_e8xpl1_xcov_trh_hn.yaml): mean rank 2.113 over three head-seed draws against 2.192.
+Written by hand: no library reads a TFLite model's inner tensors into pooled features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from biomatch.data.datasets import Sample
+from biomatch.errors import NotFoundError
+
+MODEL_RELPATH = ("modules", "hand_landmark", "hand_landmark_full.tflite")
+INPUT_SIZE = 224
+HEAD_MAPS = ("add_5", "add_8")  # mean/std taps the heads read
+COV_MAPS = ("add_1", "add_5")  # channel covariances XQDA (and the heads, whitened) read as well
+TENSOR_PREFIX = "model_1/model/{}/add"
+FEATURES_VERSION = "handnet-v1"
+
+
+def model_path() -> Path:
+    """The hand-landmark model inside the installed mediapipe package (never downloaded)."""
+    import mediapipe
+
+    path = Path(os.path.dirname(mediapipe.__file__)).joinpath(*MODEL_RELPATH)
+    if not path.is_file():
+        raise NotFoundError(f"{path} is missing: biomatch needs mediapipe 0.10.14, whose wheel ships the hand models")
+    return path
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / max(float(np.linalg.norm(v)), 1e-12)
+
+
+# the arithmetic stays in the maps' float32, as in the probe that chose this branch (session 20)
+
+
+def mean_std(fmap: np.ndarray) -> list[np.ndarray]:
+    """(H, W, C) map → [per-channel mean, per-channel std], each L2-normalized.
+
+    >>> [np.round(t, 3).tolist() for t in mean_std(np.array([[[1.0, 0.0]], [[3.0, 0.0]]]))]
+    [[1.0, 0.0], [1.0, 0.0]]
+    """
+    flat = fmap.reshape(-1, fmap.shape[-1])
+    return [_unit(flat.mean(0)), _unit(flat.std(0))]
+
+
+def signed_sqrt_cov(fmap: np.ndarray) -> np.ndarray:
+    """(H, W, C) map → the upper triangle (row-major, diagonal included) of its channel covariance
+    over the positions, signed-square-rooted and L2-normalized (as `features.cov_pool`).
+
+    >>> np.round(signed_sqrt_cov(np.array([[[1.0, 2.0], [3.0, 2.0]]])), 3).tolist()  # var 1, cov 0, var 0
+    [1.0, 0.0, 0.0]
+    """
+    flat = fmap.reshape(-1, fmap.shape[-1])
+    flat = flat - flat.mean(0)
+    cov = flat.T @ flat / flat.shape[0]
+    rows, cols = np.triu_indices(cov.shape[0])
+    upper = cov[rows, cols]
+    return _unit(np.sign(upper) * np.sqrt(np.abs(upper)))
+
+
+class HandNet:
+    """The hand-landmark CNN with its inner maps kept: `taps(rgb)` → (head taps, XQDA extras)."""
+
+    def __init__(self, threads: int = 1) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        import warnings
+
+        with warnings.catch_warnings():  # "preserve all tensors is for debugging": it is what we need
+            warnings.simplefilter("ignore")
+            self.interpreter = Interpreter(model_path=str(model_path()), experimental_preserve_all_tensors=True,
+                                           num_threads=threads)
+        self.interpreter.allocate_tensors()
+        names = {t["name"]: t["index"] for t in self.interpreter.get_tensor_details()}
+        self.tensor = {}
+        for m in {*HEAD_MAPS, *COV_MAPS}:
+            found = [i for n, i in names.items() if n.startswith(TENSOR_PREFIX.format(m))]
+            if len(found) != 1:
+                raise NotFoundError(f"tensor {m!r} not found in the hand-landmark model (another mediapipe version?)")
+            self.tensor[m] = found[0]
+        self.input = self.interpreter.get_input_details()[0]["index"]
+
+    def maps(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
+        """224×224×3 uint8 RGB → {map name: (H, W, C) float map}."""
+        if rgb.shape != (INPUT_SIZE, INPUT_SIZE, 3):
+            raise ValueError(f"the hand net reads {INPUT_SIZE}×{INPUT_SIZE} RGB crops, got shape {rgb.shape}")
+        self.interpreter.set_tensor(self.input, (rgb.astype(np.float32) / 255.0)[None])
+        self.interpreter.invoke()
+        return {m: self.interpreter.get_tensor(i)[0].copy() for m, i in self.tensor.items()}
+
+    def taps(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(head taps: mean/std of HEAD_MAPS, XQDA extras: covariances of COV_MAPS), each tap unit-norm."""
+        maps = self.maps(rgb)
+        head = np.concatenate([t for m in HEAD_MAPS for t in mean_std(maps[m])])
+        extra = np.concatenate([signed_sqrt_cov(maps[m]) for m in COV_MAPS])
+        return head.astype(np.float32), extra.astype(np.float32)
+
+
+def head_width() -> int:
+    """Width of the head taps (2 × the channels of HEAD_MAPS)."""
+    return 2 * (112 + 192)
+
+
+def cached_handnet_features(samples: Sequence[Sample], points: np.ndarray, cache: Path | None = None,
+                            progress: bool = True) -> np.ndarray:
+    """(N, head_width() + covariance width) hand-net taps of each sample's landmark-aligned crop
+    (the un-aligned photo resized where no hand was found), head taps first; cached beside the
+    landmarks, keyed on the image files, the landmark model and the crop."""
+    from biomatch.embeddings import disk_cached
+    from biomatch.hands.landmarks import AlignedLoader, _file_key, landmark_cache_path
+
+    loader = AlignedLoader(samples, points)
+    h = hashlib.sha256(f"{FEATURES_VERSION}|{loader!r}|{model_path().stat().st_size}".encode())
+    for s in samples:
+        h.update(_file_key(s.path).encode() + b"\0")
+    path = landmark_cache_path(cache).parent / f"handnet-{h.hexdigest()[:24]}.npy"
+
+    def compute() -> np.ndarray:
+        from biomatch.hands.landmarks import _progress
+
+        net = HandNet()
+        rows = []
+        for i in _progress(range(len(samples)), progress, "hand-net features", len(samples)):
+            head, extra = net.taps(np.asarray(loader(i).convert("RGB")))
+            rows.append(np.concatenate([head, extra]))
+        return np.stack(rows) if rows else np.zeros((0, head_width()), np.float32)
+
+    return disk_cached(path, len(samples), compute)
