@@ -10,10 +10,10 @@ from biomatch.config import MethodConfig
 from biomatch.hands import handnet
 
 
-def _crop(sample) -> np.ndarray:
+def _crop(sample, cache) -> np.ndarray:
     from biomatch.hands.landmarks import AlignedLoader, cached_landmarks
 
-    points, _ = cached_landmarks([sample], progress=False)
+    points, _ = cached_landmarks([sample], cache, progress=False)
     return np.asarray(AlignedLoader([sample], points)(0).convert("RGB"))
 
 
@@ -37,12 +37,12 @@ def _slow_taps(maps: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(head), np.concatenate(extra)
 
 
-def test_hand_net_taps_match_a_brute_force_pooling_of_an_undelegated_interpreter(hands_samples):
+def test_hand_net_taps_match_a_brute_force_pooling_of_an_undelegated_interpreter(hands_samples, tmp_path):
     """The taps equal slow loops over the maps of the plain TFLite kernels (no XNNPACK delegate),
     so neither the delegate nor the vectorized pooling changes what the branch reads."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    crop = _crop(sorted(hands_samples, key=lambda s: str(s.path))[0])
+    crop = _crop(sorted(hands_samples, key=lambda s: str(s.path))[0], tmp_path)
     head, extra = handnet.HandNet().taps(crop)
     assert head.shape == (handnet.head_width(),) and head.shape == (608,)
     assert extra.shape == (40 * 41 // 2 + 112 * 113 // 2,)
