@@ -84,6 +84,26 @@ def test_hand_net_features_are_cached_and_not_recomputed(hands_samples, tmp_path
         handnet.cached_handnet_features(few[:2], points[:2], tmp_path, progress=False)
 
 
+def test_hand_net_features_of_a_background_control_read_the_painted_crop(hands_samples, tmp_path):
+    """With a `paint` (the background controls' BackgroundFill) the branch reads the painted aligned
+    crop, as the other aligned branches do, and caches it under a key of its own."""
+    from biomatch.hands.landmarks import AlignedLoader, cached_landmarks
+    from biomatch.hands.masking import BackgroundFill
+
+    few = sorted(hands_samples, key=lambda s: str(s.path))[:2]
+    points, _ = cached_landmarks(few, tmp_path, progress=False)
+    plain = handnet.cached_handnet_features(few, points, tmp_path, progress=False)
+    paint = BackgroundFill("fill")
+    filled = handnet.cached_handnet_features(few, points, tmp_path, progress=False, paint=paint)
+    crop = AlignedLoader(few, points)(1).convert("RGB")
+    head, extra = handnet.HandNet().taps(np.asarray(paint(crop)))
+    np.testing.assert_allclose(filled[1], np.concatenate([head, extra]), atol=1e-6)
+    assert np.abs(filled - plain).max() > 0.01  # the painted background changes what the net sees
+    only = handnet.cached_handnet_features(few, points, tmp_path, progress=False, paint=BackgroundFill("only"))
+    assert np.abs(only - filled).max() > 0.01
+    assert len(list((tmp_path / "landmarks").glob("handnet-*.npy"))) == 3
+
+
 def _cfg(**kw) -> MethodConfig:
     base = dict(name="x", backbones=["efficientnet_lite0", "mediapipe_hand@aligned"], taps=["2:avg", "5:std"],
                 xqda_weight=0.3, xqda_taps=["2:cov"], fusion="score")

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from biomatch.data.datasets import Sample
 from biomatch.errors import NotFoundError
@@ -123,26 +124,32 @@ def head_width() -> int:
 
 
 def cached_handnet_features(samples: Sequence[Sample], points: np.ndarray, cache: Path | None = None,
-                            progress: bool = True) -> np.ndarray:
+                            progress: bool = True, paint: Callable[[Image.Image], Image.Image] | None = None
+                            ) -> np.ndarray:
     """(N, head_width() + covariance width) hand-net taps of each sample's landmark-aligned crop
     (the un-aligned photo resized where no hand was found), head taps first; cached beside the
-    landmarks, keyed on the image files, the landmark model and the crop."""
+    landmarks, keyed on the image files, the landmark model, the crop and `paint` (a
+    `biomatch.hands.masking.BackgroundFill` for the background controls, applied to the crop as
+    the other aligned branches apply it; its repr joins the key)."""
+    from biomatch.data.images import file_fingerprint
     from biomatch.embeddings import disk_cached
-    from biomatch.hands.landmarks import AlignedLoader, _file_key, landmark_cache_path
+    from biomatch.hands.landmarks import AlignedLoader, landmark_cache_path
 
     loader = AlignedLoader(samples, points)
-    h = hashlib.sha256(f"{FEATURES_VERSION}|{loader!r}|{model_path().stat().st_size}".encode())
+    key = f"{FEATURES_VERSION}|{loader!r}|{model_path().stat().st_size}" + (f"|{paint!r}" if paint else "")
+    h = hashlib.sha256(key.encode())
     for s in samples:
-        h.update(_file_key(s.path).encode() + b"\0")
+        h.update(file_fingerprint(s.path).encode() + b"\0")
     path = landmark_cache_path(cache).parent / f"handnet-{h.hexdigest()[:24]}.npy"
 
     def compute() -> np.ndarray:
-        from biomatch.hands.landmarks import _progress
+        from biomatch.hands.landmarks import progress_over
 
         net = HandNet()
         rows = []
-        for i in _progress(range(len(samples)), progress, "hand-net features", len(samples)):
-            head, extra = net.taps(np.asarray(loader(i).convert("RGB")))
+        for i in progress_over(range(len(samples)), progress, "hand-net features", len(samples)):
+            crop = loader(i).convert("RGB")
+            head, extra = net.taps(np.asarray(paint(crop) if paint else crop))
             rows.append(np.concatenate([head, extra]))
         return np.stack(rows) if rows else np.zeros((0, head_width()), np.float32)
 

@@ -142,7 +142,7 @@ def cached_landmarks(samples: Sequence[Sample], cache: Path | None = None,
     if todo:
         start = time.perf_counter()
         found = _detect_all([str(samples[i].path) for i in todo])
-        for n, (i, pts) in enumerate(_progress(zip(todo, found), progress, "hand landmarks", len(todo)), 1):
+        for n, (i, pts) in enumerate(progress_over(zip(todo, found), progress, "hand landmarks", len(todo)), 1):
             store[keys[i]] = pts
             if progress and not sys.stderr.isatty() and (n % 250 == 0 or n == len(todo)):
                 print(f"  hand landmarks {n}/{len(todo)} ({time.perf_counter() - start:.0f} s)",
@@ -198,7 +198,8 @@ def _worker_main(listing: str, out: str) -> None:
     np.save(out, np.stack(list(_detect_serial(paths))) if paths else np.zeros((0, 21, 2), np.float32))
 
 
-def _progress(items, progress: bool, desc: str, total: int | None = None):
+def progress_over(items, progress: bool, desc: str, total: int | None = None):
+    """`items` behind a tqdm bar when asked and stderr is a terminal (logs stay clean), else as they are."""
     if progress and sys.stderr.isatty():
         from tqdm.auto import tqdm
 

@@ -226,7 +226,10 @@ class FeatureBank:
             if name == HAND_NET:
                 from biomatch.hands.handnet import cached_handnet_features
 
-                hand_net[e] = cached_handnet_features(ordered, points, cache, progress)
+                from biomatch.hands.masking import BackgroundFill
+
+                paint = None if cfg.background == "keep" else BackgroundFill(cfg.background, tuple(cfg.background_color))
+                hand_net[e] = cached_handnet_features(ordered, points, cache, progress, paint)
                 continue
             bb = create_backbone(name, pool=cfg.pool).to(device)
             size = cfg.image_size or bb.input_size
