@@ -104,6 +104,30 @@ def test_hand_net_features_of_a_background_control_read_the_painted_crop(hands_s
     assert len(list((tmp_path / "landmarks").glob("handnet-*.npy"))) == 3
 
 
+def test_hand_net_features_do_not_depend_on_the_number_of_workers(hands_samples, tmp_path):
+    """The pass shares the images out to two one-thread interpreters when torch has two threads;
+    the rows are those of a single worker, in the samples' order."""
+    import torch
+
+    from biomatch.hands.landmarks import cached_landmarks
+
+    few = sorted(hands_samples, key=lambda s: str(s.path))[:5]
+    points, _ = cached_landmarks(few, tmp_path, progress=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = handnet.cached_handnet_features(few, points, tmp_path / "one", progress=False)
+        torch.set_num_threads(2)
+        two = handnet.cached_handnet_features(few, points, tmp_path / "two", progress=False)
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(one, two)
+    net = handnet.HandNet()
+    from biomatch.hands.landmarks import AlignedLoader
+
+    np.testing.assert_array_equal(two[4], np.concatenate(net.taps(np.asarray(AlignedLoader(few, points)(4).convert("RGB")))))
+
+
 def _cfg(**kw) -> MethodConfig:
     base = dict(name="x", backbones=["efficientnet_lite0", "mediapipe_hand@aligned"], taps=["2:avg", "5:std"],
                 xqda_weight=0.3, xqda_taps=["2:cov"], fusion="score")

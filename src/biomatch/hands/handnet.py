@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -142,15 +143,37 @@ def cached_handnet_features(samples: Sequence[Sample], points: np.ndarray, cache
         h.update(file_fingerprint(s.path).encode() + b"\0")
     path = landmark_cache_path(cache).parent / f"handnet-{h.hexdigest()[:24]}.npy"
 
-    def compute() -> np.ndarray:
-        from biomatch.hands.landmarks import progress_over
-
-        net = HandNet()
-        rows = []
-        for i in progress_over(range(len(samples)), progress, "hand-net features", len(samples)):
+    def rows(lo: int, hi: int, bar) -> np.ndarray:
+        net = HandNet()  # an interpreter per worker: one is not thread-safe
+        out = []
+        for i in range(lo, hi):
             crop = loader(i).convert("RGB")
             head, extra = net.taps(np.asarray(paint(crop) if paint else crop))
-            rows.append(np.concatenate([head, extra]))
-        return np.stack(rows) if rows else np.zeros((0, head_width()), np.float32)
+            out.append(np.concatenate([head, extra]))
+            if bar is not None:
+                bar.update(1)
+        return np.stack(out) if out else np.zeros((0, head_width()), np.float32)
+
+    def compute() -> np.ndarray:
+        # Why two workers: TFLite releases the GIL while it runs, and two one-thread interpreters keep
+        # both cores of the 2-core machine busy, as run_feature_jobs does for the EfficientNet branches;
+        # the taps do not depend on how the images are shared out (one interpreter per image either way).
+        import torch
+        from concurrent.futures import ThreadPoolExecutor
+
+        workers = max(1, min(2, torch.get_num_threads(), len(samples)))
+        cuts = np.linspace(0, len(samples), workers + 1).round().astype(int)
+        bar = None
+        if progress and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(samples), desc="hand-net features", leave=False)
+        try:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                parts = [pool.submit(rows, int(lo), int(hi), bar) for lo, hi in zip(cuts[:-1], cuts[1:])]
+                return np.concatenate([f.result() for f in parts])
+        finally:
+            if bar is not None:
+                bar.close()
 
     return disk_cached(path, len(samples), compute)
