@@ -104,7 +104,7 @@ def test_hand_net_features_of_a_background_control_read_the_painted_crop(hands_s
     assert len(list((tmp_path / "landmarks").glob("handnet-*.npy"))) == 3
 
 
-def test_hand_net_features_do_not_depend_on_the_number_of_workers(hands_samples, tmp_path):
+def test_hand_net_features_do_not_depend_on_the_number_of_workers(hands_samples, tmp_path, capsys):
     """The pass shares the images out to two one-thread interpreters when torch has two threads;
     the rows are those of a single worker, in the samples' order."""
     import torch
@@ -118,10 +118,11 @@ def test_hand_net_features_do_not_depend_on_the_number_of_workers(hands_samples,
         torch.set_num_threads(1)
         one = handnet.cached_handnet_features(few, points, tmp_path / "one", progress=False)
         torch.set_num_threads(2)
-        two = handnet.cached_handnet_features(few, points, tmp_path / "two", progress=False)
+        two = handnet.cached_handnet_features(few, points, tmp_path / "two", progress=True)
     finally:
         torch.set_num_threads(before)
     np.testing.assert_array_equal(one, two)
+    assert "hand-net features 5/5" in capsys.readouterr().err  # a log (not a terminal) gets a progress line
     net = handnet.HandNet()
     from biomatch.hands.landmarks import AlignedLoader
 
