@@ -185,19 +185,21 @@ def cached_handnet_features(samples: Sequence[Sample], points: np.ndarray, cache
         return np.stack(out) if out else np.zeros((0, head_width()), np.float32)
 
     def compute() -> np.ndarray:
-        # Why two workers: TFLite releases the GIL while it runs, and two one-thread interpreters keep
-        # both cores of the 2-core machine busy, as run_feature_jobs does for the EfficientNet branches;
-        # the taps do not depend on how the images are shared out (one interpreter per image either way).
-        import torch
+        # Why two workers: TFLite releases the GIL while it runs, so two one-thread interpreters keep both
+        # cores of the 2-core machine busy, as run_feature_jobs does for the EfficientNet branches (2,101
+        # images: 12 s instead of 22 s). With one BLAS thread: the workers' small covariance products on a
+        # multi-threaded OpenBLAS spin on each other's core and made two workers no faster than one. The
+        # rows do not depend on how the images are shared out (tests/test_hands_handnet.py).
         from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+        from threadpoolctl import threadpool_limits
 
         workers = max(1, min(2, torch.get_num_threads(), len(samples)))
         cuts = np.linspace(0, len(samples), workers + 1).round().astype(int)
         nets = [HandNet() for _ in range(workers)]  # an interpreter per worker: one is not thread-safe
         bar = _Progress(len(samples)) if progress else None
-        from threadpoolctl import threadpool_limits
-
-        try:  # one BLAS thread: two workers' covariances on a multi-threaded OpenBLAS spin on each other's core
+        try:
             with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool:
                 parts = [pool.submit(rows, net, int(lo), int(hi), bar)
                          for net, lo, hi in zip(nets, cuts[:-1], cuts[1:])]
