@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -21,11 +19,11 @@ import torch
 from PIL import Image, ImageOps
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from biomatch.data.datasets import Sample
 from biomatch.data.images import file_fingerprint, load_image
 from biomatch.paths import cache_dir
+from biomatch.progress import CountProgress
 
 
 class ImageDataset(Dataset):
@@ -101,14 +99,12 @@ def extract(
                                                                      num_workers=num_workers, shuffle=False))
     else:
         batches = prefetched_batches(dataset, batch_size)
-    tty = sys.stderr.isatty()
-    out, start, n_batches = [], time.perf_counter(), -(-len(dataset) // batch_size)
-    every = max(1, n_batches // 4)
-    for b, x in enumerate(tqdm(batches, desc=desc, total=n_batches, disable=not (progress and tty), leave=False), 1):
-        out.append(model(x.to(device)).float().cpu())
-        if progress and not tty and (b % every == 0 or b == n_batches):
-            print(f"  {desc}: {min(b * batch_size, len(samples))}/{len(samples)} images "
-                  f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    out = []
+    every = batch_size * max(1, -(-len(dataset) // batch_size) // 4)  # about a quarter, in whole batches
+    with CountProgress(len(dataset), desc, every, progress) as bar:
+        for x in batches:
+            out.append(model(x.to(device)).float().cpu())
+            bar.update(len(x))
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
 

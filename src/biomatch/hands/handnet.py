@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from PIL import Image
 
 from biomatch.data.datasets import Sample
 from biomatch.errors import NotFoundError
+from biomatch.progress import CountProgress
 
 MODEL_RELPATH = ("modules", "hand_landmark", "hand_landmark_full.tflite")
 INPUT_SIZE = 224
@@ -124,37 +124,6 @@ def head_width() -> int:
     return 2 * (112 + 192)
 
 
-class _Progress:
-    """A thread-safe count of images done: a tqdm bar on a terminal, a line every 500 images in a log
-    (as the landmark pass prints)."""
-
-    def __init__(self, total: int) -> None:
-        import threading
-        import time
-
-        self.total, self.done, self.lock, self.start = total, 0, threading.Lock(), time.perf_counter()
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc="hand-net features", leave=False)
-
-    def update(self, n: int) -> None:
-        import time
-
-        with self.lock:
-            self.done += n
-            if self.bar is not None:
-                self.bar.update(n)
-            elif self.done % 500 == 0 or self.done == self.total:
-                print(f"  hand-net features {self.done}/{self.total} ({time.perf_counter() - self.start:.0f} s)",
-                      file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def cached_handnet_features(samples: Sequence[Sample], points: np.ndarray, cache: Path | None = None,
                             progress: bool = True, paint: Callable[[Image.Image], Image.Image] | None = None
                             ) -> np.ndarray:
@@ -174,14 +143,13 @@ def cached_handnet_features(samples: Sequence[Sample], points: np.ndarray, cache
         h.update(file_fingerprint(s.path).encode() + b"\0")
     path = landmark_cache_path(cache).parent / f"handnet-{h.hexdigest()[:24]}.npy"
 
-    def rows(net: HandNet, lo: int, hi: int, bar: _Progress | None) -> np.ndarray:
+    def rows(net: HandNet, lo: int, hi: int, bar: CountProgress) -> np.ndarray:
         out = []
         for i in range(lo, hi):
             crop = loader(i).convert("RGB")
             head, extra = net.taps(np.asarray(paint(crop) if paint else crop))
             out.append(np.concatenate([head, extra]))
-            if bar is not None:
-                bar.update(1)
+            bar.update(1)
         return np.stack(out) if out else np.zeros((0, head_width()), np.float32)
 
     def compute() -> np.ndarray:
@@ -198,14 +166,9 @@ def cached_handnet_features(samples: Sequence[Sample], points: np.ndarray, cache
         workers = max(1, min(2, torch.get_num_threads(), len(samples)))
         cuts = np.linspace(0, len(samples), workers + 1).round().astype(int)
         nets = [HandNet() for _ in range(workers)]  # an interpreter per worker: one is not thread-safe
-        bar = _Progress(len(samples)) if progress else None
-        try:
-            with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool:
-                parts = [pool.submit(rows, net, int(lo), int(hi), bar)
-                         for net, lo, hi in zip(nets, cuts[:-1], cuts[1:])]
-                return np.concatenate([f.result() for f in parts])
-        finally:
-            if bar is not None:
-                bar.close()
+        with (CountProgress(len(samples), "hand-net features", 500, progress) as bar,
+              threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(max_workers=workers) as pool):
+            parts = [pool.submit(rows, net, int(lo), int(hi), bar) for net, lo, hi in zip(nets, cuts[:-1], cuts[1:])]
+            return np.concatenate([f.result() for f in parts])
 
     return disk_cached(path, len(samples), compute)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from PIL import Image
 from biomatch.data.datasets import Sample
 from biomatch.data.images import file_fingerprint
 from biomatch.paths import cache_dir
+from biomatch.progress import CountProgress
 
 WRIST, THUMB_TIP, INDEX_MCP, MIDDLE_MCP, RING_MCP, PINKY_MCP = 0, 4, 5, 9, 13, 17
 FINGERS = {"thumb": (1, 2, 3, 4), "index": (5, 6, 7, 8), "middle": (9, 10, 11, 12),
@@ -140,13 +140,10 @@ def cached_landmarks(samples: Sequence[Sample], cache: Path | None = None,
     keys = [_file_key(s.path) for s in samples]
     todo = [i for i, k in enumerate(keys) if k not in store]
     if todo:
-        start = time.perf_counter()
-        found = _detect_all([str(samples[i].path) for i in todo])
-        for n, (i, pts) in enumerate(progress_over(zip(todo, found), progress, "hand landmarks", len(todo)), 1):
-            store[keys[i]] = pts
-            if progress and not sys.stderr.isatty() and (n % 250 == 0 or n == len(todo)):
-                print(f"  hand landmarks {n}/{len(todo)} ({time.perf_counter() - start:.0f} s)",
-                      file=sys.stderr, flush=True)
+        with CountProgress(len(todo), "hand landmarks", 250, progress) as bar:
+            for i, pts in zip(todo, _detect_all([str(samples[i].path) for i in todo])):
+                store[keys[i]] = pts
+                bar.update(1)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
         np.savez(tmp, keys=np.array(list(store)), points=np.stack(list(store.values())))
         os.replace(tmp, path)
@@ -196,15 +193,6 @@ def _worker_main(listing: str, out: str) -> None:
     """Child side of ``_detect_all``: landmarks of the listed images -> one .npy."""
     paths = Path(listing).read_text().splitlines()
     np.save(out, np.stack(list(_detect_serial(paths))) if paths else np.zeros((0, 21, 2), np.float32))
-
-
-def progress_over(items, progress: bool, desc: str, total: int | None = None):
-    """`items` behind a tqdm bar when asked and stderr is a terminal (logs stay clean), else as they are."""
-    if progress and sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
-        return tqdm(items, desc=desc, leave=False, total=total)
-    return items
 
 
 # ---------------------------------------------------------------- alignment
