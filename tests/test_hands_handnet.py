@@ -143,6 +143,8 @@ def test_hand_net_config_errors():
         _cfg(xqda_score_skip=["efficientnet_lite2"])
     with pytest.raises(ValidationError, match="leaves no backbone"):
         _cfg(xqda_score_skip=["efficientnet_lite0", "mediapipe_hand@aligned"])
+    with pytest.raises(ValidationError, match="no mirrored features"):  # refused before any feature is computed
+        _cfg(xqda_taps=[], xqda_weight=0.0, mirror_gallery=True)
 
 
 def test_feature_bank_adds_the_hand_net_block_and_the_score_skip_drops_its_xqda_block(hands_samples, tmp_path):

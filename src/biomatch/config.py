@@ -175,6 +175,13 @@ class MethodConfig(BaseModel):
             raise ValueError("xqda_score_skip leaves no backbone for the XQDA and translation scores")
         return self
 
+    @model_validator(mode="after")
+    def _hand_net_is_not_mirrored(self) -> MethodConfig:
+        hand_net = [b for b in self.backbones if b.partition("@")[0] == "mediapipe_hand"]
+        if hand_net and (self.mirror_gallery or self.flip_augment or self.tta):
+            raise ValueError(f"the {hand_net[0]} branch has no mirrored features: no mirror_gallery, flip_augment or tta")
+        return self
+
     @field_validator("taps", "xqda_taps")
     @classmethod
     def _check_taps(cls, taps: list[str]) -> list[str]:

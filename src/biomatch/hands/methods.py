@@ -225,7 +225,6 @@ class FeatureBank:
             name, _, variant = entry.partition("@")
             if name == HAND_NET:
                 from biomatch.hands.handnet import cached_handnet_features
-
                 from biomatch.hands.masking import BackgroundFill
 
                 paint = None if cfg.background == "keep" else BackgroundFill(cfg.background, tuple(cfg.background_color))
@@ -283,15 +282,11 @@ class FeatureBank:
             if slices is not None:
                 feats = np.concatenate([feats[:, sl] for sl in slices], axis=1)
             by_entry.setdefault(e, []).append((job.mirror, feats, width, cols))
-        if hand_net and need_mirror:
-            from biomatch.errors import InputError
-
-            raise InputError(f"the {HAND_NET} branch has no mirrored features: no mirror_gallery, flip_augment or tta")
-        from biomatch.hands.handnet import head_width as hand_net_width
-
         self.xqda_entry: list[str] = []  # per XQDA block: the cfg.backbones entry it comes from
         for e, entry in enumerate(cfg.backbones):
             if e in hand_net:  # head taps first, then the covariances: one XQDA block, like a tap extractor's
+                from biomatch.hands.handnet import head_width as hand_net_width
+
                 f, w = hand_net[e], hand_net_width()
                 by_entry[e] = [(False, f, w, [np.arange(f.shape[1])]) if cfg.xqda_taps else (False, f[:, :w], None, None)]
             for mirror, feats, width, cols in by_entry[e]:
