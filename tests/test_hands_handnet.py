@@ -17,18 +17,19 @@ def _crop(sample, cache) -> np.ndarray:
     return np.asarray(AlignedLoader([sample], points)(0).convert("RGB"))
 
 
-def _slow_taps(maps: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def _slow_taps(maps: dict[str, np.ndarray], spec: handnet.NetSpec = handnet.HAND_LANDMARK
+               ) -> tuple[np.ndarray, np.ndarray]:
     """The same taps by explicit loops over positions and channel pairs (a brute-force reference)."""
     def unit(v):
         return v / np.linalg.norm(v)
 
     head = []
-    for m in handnet.HEAD_MAPS:
+    for m in spec.head_maps:
         x = maps[m].reshape(-1, maps[m].shape[-1]).astype(np.float64)
         head += [unit(np.array([x[:, c].mean() for c in range(x.shape[1])])),
                  unit(np.array([np.sqrt(((x[:, c] - x[:, c].mean()) ** 2).mean()) for c in range(x.shape[1])]))]
     extra = []
-    for m in handnet.COV_MAPS:
+    for m in spec.cov_maps:
         x = maps[m].reshape(-1, maps[m].shape[-1]).astype(np.float64)
         x = x - x.mean(0)
         n = x.shape[1]
@@ -59,6 +60,35 @@ def test_hand_net_taps_match_a_brute_force_pooling_of_an_undelegated_interpreter
     np.testing.assert_allclose(extra, want_extra, atol=2e-4)
     # the network found a hand in the aligned crop: its presence score is high
     assert ref.get_tensor(ref.get_output_details()[1]["index"]).item() > 0.5
+
+
+def test_the_palm_detector_spec_reads_its_maps_as_brute_force_pooling_does(hands_samples, tmp_path):
+    """The same reader on the wheel's palm detector (`PALM_DETECTOR`, screened by
+    benchmarks/hands_fusion_screen.py): 192×192 input, its four mean/std maps and two covariances."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    from PIL import Image
+
+    spec = handnet.PALM_DETECTOR
+    crop = np.asarray(Image.fromarray(_crop(sorted(hands_samples, key=lambda s: str(s.path))[0], tmp_path))
+                      .resize((192, 192), Image.BILINEAR))
+    head, extra = handnet.HandNet(spec=spec).taps(crop)
+    assert head.shape == (2 * (64 + 128 + 256 + 256),) and extra.shape == (64 * 65 // 2 + 128 * 129 // 2,)
+    ref = Interpreter(model_path=str(handnet.model_path(spec)), experimental_preserve_all_tensors=True,
+                      experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    ref.allocate_tensors()
+    names = {t["name"]: t["index"] for t in ref.get_tensor_details()}
+    ref.set_tensor(ref.get_input_details()[0]["index"], (crop.astype(np.float32) / 255.0)[None])
+    ref.invoke()
+    maps = {m: ref.get_tensor(next(i for n, i in names.items() if n.startswith(handnet.TENSOR_PREFIX.format(m))))[0]
+            for m in {*spec.head_maps, *spec.cov_maps}}
+    want_head, want_extra = _slow_taps(maps, spec)
+    np.testing.assert_allclose(head, want_head, atol=2e-4)
+    np.testing.assert_allclose(extra, want_extra, atol=2e-4)
+    # the detector sees a palm in the aligned crop at the [0, 1] input range the spec uses
+    logits = next(ref.get_tensor(o["index"]) for o in ref.get_output_details() if o["shape"][-1] == 1)
+    assert 1 / (1 + np.exp(-logits.max())) > 0.5
+    with pytest.raises(ValueError, match="192×192"):
+        handnet.HandNet(spec=spec).maps(np.zeros((224, 224, 3), np.uint8))
 
 
 def test_hand_net_rejects_a_crop_of_the_wrong_size():

@@ -15,6 +15,9 @@ Each tap is L2-normalized, as `biomatch.hands.features.TapFeatures` does. Measur
 seeds as a sixth branch of hands_e10xpl1_xcov_trh with 8 heads per branch (configs/
 hands_e8xpl1_xcov_trh_hn.yaml): mean rank 2.113 over three head-seed draws against 2.192.
 Written by hand: no library reads a TFLite model's inner tensors into pooled features.
+
+`NetSpec` names a model and its maps, so the same reader serves the wheel's palm detector
+(`PALM_DETECTOR`), screened as a late-fused score in `benchmarks/hands_fusion_screen.py`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,19 +35,36 @@ from biomatch.data.datasets import Sample
 from biomatch.errors import NotFoundError
 from biomatch.progress import CountProgress
 
-MODEL_RELPATH = ("modules", "hand_landmark", "hand_landmark_full.tflite")
-INPUT_SIZE = 224
-HEAD_MAPS = ("add_5", "add_8")  # mean/std taps the heads read
-COV_MAPS = ("add_1", "add_5")  # channel covariances XQDA (and the heads, whitened) read as well
-TENSOR_PREFIX = "model_1/model/{}/add"
+TENSOR_PREFIX = "model_1/model/{}/add"  # how both hand models name a residual sum's output
 FEATURES_VERSION = "handnet-v1"
 
 
-def model_path() -> Path:
-    """The hand-landmark model inside the installed mediapipe package (never downloaded)."""
+@dataclass(frozen=True)
+class NetSpec:
+    """A TFLite model shipped in the mediapipe wheel and the inner maps read from it."""
+
+    relpath: tuple[str, ...]  # inside the mediapipe package
+    input_size: int  # square RGB input, values in [0, 1]
+    head_maps: tuple[str, ...]  # per-channel mean/std taps
+    cov_maps: tuple[str, ...]  # channel covariances
+
+
+HAND_LANDMARK = NetSpec(("modules", "hand_landmark", "hand_landmark_full.tflite"), 224,
+                        head_maps=("add_5", "add_8"),  # mean/std taps the heads read
+                        cov_maps=("add_1", "add_5"))  # covariances XQDA (and the heads, whitened) read as well
+# the palm detector (an SSD-style net on 192×192 frames); its [0, 1] input range was chosen on its own palm
+# confidence (0.81–0.99 on four aligned crops; [-1, 1] gave 0.45 on one), before any retrieval number
+PALM_DETECTOR = NetSpec(("modules", "palm_detection", "palm_detection_full.tflite"), 192,
+                        head_maps=("add_8", "add_13", "add_18", "add_23"), cov_maps=("add_8", "add_13"))
+MODEL_RELPATH, INPUT_SIZE = HAND_LANDMARK.relpath, HAND_LANDMARK.input_size
+HEAD_MAPS, COV_MAPS = HAND_LANDMARK.head_maps, HAND_LANDMARK.cov_maps
+
+
+def model_path(spec: NetSpec = HAND_LANDMARK) -> Path:
+    """The model inside the installed mediapipe package (never downloaded)."""
     import mediapipe
 
-    path = Path(os.path.dirname(mediapipe.__file__)).joinpath(*MODEL_RELPATH)
+    path = Path(os.path.dirname(mediapipe.__file__)).joinpath(*spec.relpath)
     if not path.is_file():
         raise NotFoundError(f"{path} is missing: biomatch needs mediapipe 0.10.14, whose wheel ships the hand models")
     return path
@@ -82,40 +103,44 @@ def signed_sqrt_cov(fmap: np.ndarray) -> np.ndarray:
 
 
 class HandNet:
-    """The hand-landmark CNN with its inner maps kept: `taps(rgb)` → (head taps, XQDA extras)."""
+    """A hand model (`spec`, the hand-landmark CNN by default) with its inner maps kept:
+    `taps(rgb)` → (head taps, XQDA extras)."""
 
-    def __init__(self, threads: int = 1) -> None:
+    def __init__(self, threads: int = 1, spec: NetSpec = HAND_LANDMARK) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
         import warnings
 
+        self.spec = spec
         with warnings.catch_warnings():  # "preserve all tensors is for debugging": it is what we need
             warnings.simplefilter("ignore")
-            self.interpreter = Interpreter(model_path=str(model_path()), experimental_preserve_all_tensors=True,
+            self.interpreter = Interpreter(model_path=str(model_path(spec)), experimental_preserve_all_tensors=True,
                                            num_threads=threads)
         self.interpreter.allocate_tensors()
         names = {t["name"]: t["index"] for t in self.interpreter.get_tensor_details()}
         self.tensor = {}
-        for m in {*HEAD_MAPS, *COV_MAPS}:
+        for m in {*spec.head_maps, *spec.cov_maps}:
             found = [i for n, i in names.items() if n.startswith(TENSOR_PREFIX.format(m))]
             if len(found) != 1:
-                raise NotFoundError(f"tensor {m!r} not found in the hand-landmark model (another mediapipe version?)")
+                raise NotFoundError(f"tensor {m!r} not found in {spec.relpath[-1]} (another mediapipe version?)")
             self.tensor[m] = found[0]
         self.input = self.interpreter.get_input_details()[0]["index"]
 
     def maps(self, rgb: np.ndarray) -> dict[str, np.ndarray]:
-        """224×224×3 uint8 RGB → {map name: (H, W, C) float map}."""
-        if rgb.shape != (INPUT_SIZE, INPUT_SIZE, 3):
-            raise ValueError(f"the hand net reads {INPUT_SIZE}×{INPUT_SIZE} RGB crops, got shape {rgb.shape}")
+        """(size, size, 3) uint8 RGB → {map name: (H, W, C) float map}."""
+        size = self.spec.input_size
+        if rgb.shape != (size, size, 3):
+            raise ValueError(f"{self.spec.relpath[-1]} reads {size}×{size} RGB crops, got shape {rgb.shape}")
         self.interpreter.set_tensor(self.input, (rgb.astype(np.float32) / 255.0)[None])
         self.interpreter.invoke()
         return {m: self.interpreter.get_tensor(i)[0].copy() for m, i in self.tensor.items()}
 
     def taps(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(head taps: mean/std of HEAD_MAPS, XQDA extras: covariances of COV_MAPS), each tap unit-norm."""
+        """(head taps: mean/std of the spec's head maps, XQDA extras: covariances of its cov maps),
+        each tap unit-norm."""
         maps = self.maps(rgb)
-        head = np.concatenate([t for m in HEAD_MAPS for t in mean_std(maps[m])])
-        extra = np.concatenate([signed_sqrt_cov(maps[m]) for m in COV_MAPS])
+        head = np.concatenate([t for m in self.spec.head_maps for t in mean_std(maps[m])])
+        extra = np.concatenate([signed_sqrt_cov(maps[m]) for m in self.spec.cov_maps])
         return head.astype(np.float32), extra.astype(np.float32)
 
 

@@ -270,32 +270,41 @@ def _angle(u: np.ndarray, v: np.ndarray) -> float:
     return float(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
+def mask_run(mask: np.ndarray, centre: np.ndarray, direction: np.ndarray) -> float:
+    """Length (pixels, in half-pixel steps) of the run of foreground through `centre` (x, y),
+    perpendicular to `direction`: the width of a finger or palm across its axis, short by up to a
+    pixel (each side stops at its last whole half-step inside). NaN where the run touches the
+    image border.
+
+    >>> band = np.zeros((20, 20), bool); band[:, 5:12] = True  # a vertical band 7 px wide
+    >>> mask_run(band, np.array([8.0, 10.0]), np.array([0.0, 1.0]))
+    6.0
+    """
+    h, w = mask.shape
+    n = np.array([-direction[1], direction[0]]) / max(float(np.linalg.norm(direction)), 1e-9)
+    width = 0.0
+    for sign in (1, -1):
+        step = 0.0
+        while True:
+            x, y = centre + sign * (step + 0.5) * n
+            xi, yi = int(round(x)), int(round(y))
+            if not (0 <= xi < w and 0 <= yi < h):
+                return float("nan")
+            if not mask[yi, xi]:
+                break
+            step += 0.5
+        width += step
+    return width
+
+
 def finger_widths(mask: np.ndarray, points: np.ndarray) -> list[float]:
     """Width of index … little finger (pixels) across the middle of the proximal phalanx
     (MCP → PIP), measured on a boolean hand mask as the run of foreground pixels through that
     point, perpendicular to the bone. NaN where the run touches the image border."""
-    h, w = mask.shape
     out = []
     for f in ("index", "middle", "ring", "little"):
         mcp, pip = points[FINGERS[f][0]], points[FINGERS[f][1]]
-        mid, d = (mcp + pip) / 2, pip - mcp
-        n = np.array([-d[1], d[0]]) / max(np.linalg.norm(d), 1e-9)
-        width = 0.0
-        for sign in (1, -1):
-            step = 0.0
-            while True:
-                x, y = mid + sign * (step + 0.5) * n
-                xi, yi = int(round(x)), int(round(y))
-                if not (0 <= xi < w and 0 <= yi < h):
-                    width = np.nan
-                    break
-                if not mask[yi, xi]:
-                    break
-                step += 0.5
-            if not np.isfinite(width):
-                break
-            width += step
-        out.append(width)
+        out.append(mask_run(mask, (mcp + pip) / 2, pip - mcp))
     return out
 
 
