@@ -12,6 +12,8 @@ Sources (each rule was fixed before its numbers were seen; session 22):
   trained on hands, read from the inside on the landmark-aligned crop (224 → 192 px); XQDA and the
   dorsal→palm translation on its mean/std taps (`P-A`) or those and its channel covariances (`P-AC`),
   fused as the method fuses them, rowz(rowz(XQDA) + rowz(translation) / 3).
+- `skin_colour`: the hand's colour with the sheet's colour divided out (white balance): statistics of its
+  log-chromaticities and brightness (`C1`), or those and a chromaticity histogram (`C2`); XQDA + translation.
 - `width_profile`: the hand's silhouette widths (`biomatch.hands.landmarks.mask_run`) across each finger
   at 4 points from MCP to tip and across the palm at 3 heights, over the palm length (`Q1`), or those
   with the method's geometry features (`Q2`); scored by the method's `GeometryScorer`.
@@ -42,8 +44,7 @@ from biomatch.errors import InputError
 from biomatch.hands.geometry import GeometryScorer
 from biomatch.hands.protocol import (BEST_METHOD, GALLERY_VIEW, REPORT_SEEDS, TUNING_SEEDS, HandsSplit, load_hands,
                                      make_split)
-from biomatch.hands.translation import translation_block_scores
-from biomatch.hands.xqda import row_zscore, xqda_block_scores
+from biomatch.hands.xqda import row_zscore
 from biomatch.metrics.retrieval import ranks_from_scores, retrieval_summary
 from biomatch.paths import REPO_ROOT, cache_dir
 from biomatch.progress import CountProgress
@@ -138,14 +139,24 @@ def width_profile_rows(samples: Sequence[Sample], points: np.ndarray) -> dict[st
     return {"Q1": q, "Q2": np.concatenate([cached_geometry(samples, points), q], axis=1)}
 
 
+def skin_colour_rows(samples: Sequence[Sample], points: np.ndarray) -> dict[str, np.ndarray]:
+    """C1: the colour statistics; C2: those and the (u, v) histogram (biomatch.hands.colour)."""
+    from biomatch.hands.colour import PERCENTILES, cached_skin_colour
+
+    c = cached_skin_colour(samples)
+    return {"C1": c[:, :3 * (2 + len(PERCENTILES))], "C2": c}
+
+
 # ---- extra scores: (queries, gallery) of one split, from the rows of its images ----------------------
 
 def xqda_translation_extra(rows: np.ndarray, train: Sequence[Sample], queries: Sequence[Sample],
                            gallery: Sequence[Sample]) -> np.ndarray:
-    """rowz(rowz(XQDA) + rowz(translation) / 3): the method's own ratio of the two (weights 0.3 / 0.1)."""
-    args = (rows[0], [s.identity for s in train], np.array([s.view == GALLERY_VIEW for s in train]), rows[1],
-            rows[2], [rows[0].shape[1]], 256)
-    return row_zscore(row_zscore(xqda_block_scores(*args, 0.01)) + row_zscore(translation_block_scores(*args, 1.0)) / 3)
+    """rowz(rowz(XQDA) + rowz(translation) / 3): the method's own ratio of the two (weights 0.3 / 0.1),
+    its PCA width 256 and its lambdas 0.01 and 1.0 (`biomatch.hands.colour.colour_scores`)."""
+    from biomatch.hands.colour import colour_scores
+
+    return colour_scores(rows[0], [s.identity for s in train], np.array([s.view == GALLERY_VIEW for s in train]),
+                         rows[1], rows[2], 256, 0.01, 1.0)
 
 
 def geometry_extra(rows: np.ndarray, train: Sequence[Sample], queries: Sequence[Sample],
@@ -167,6 +178,8 @@ SOURCES = {
                             "MediaPipe palm detector's inner maps on the aligned crop, XQDA + translation"),
     "width_profile": Source(width_profile_rows, geometry_extra, (0.05, 0.1, 0.2),
                             "silhouette widths across fingers and palm, the geometry scorer"),
+    "skin_colour": Source(skin_colour_rows, xqda_translation_extra, (0.05, 0.1, 0.2),
+                          "white-balanced skin colour (statistics; + a chromaticity histogram), XQDA + translation"),
 }
 
 

@@ -200,10 +200,17 @@ def _translation_adds_a_zscored_row_at_its_weight(plain: np.ndarray, final: np.n
     np.testing.assert_allclose((final - plain).std(1), 0.1, atol=1e-6)
 
 
+def _colour_adds_a_zscored_row_at_its_weight(plain: np.ndarray, final: np.ndarray) -> None:
+    # the colour score is z-scored per query: 0.2 × a row of mean 0 and std 1 is added to the fused scores
+    np.testing.assert_allclose((final - plain).mean(1), 0, atol=1e-9)
+    np.testing.assert_allclose((final - plain).std(1), 0.2, atol=1e-6)
+
+
 @pytest.mark.parametrize("fields,before,check", [
     (dict(query_neighbours=3, query_neighbour_weight=1.0), "single_query", _query_set_changes_more_than_the_scale),
     (dict(translation_weight=0.1, translation_lambda=1.0), "before_translation",
      _translation_adds_a_zscored_row_at_its_weight),
+    (dict(colour_weight=0.2), "before_colour", _colour_adds_a_zscored_row_at_its_weight),
 ])
 def test_a_late_fusion_step_records_the_same_runs_numbers_before_it(tiny_fusion_case, tmp_path, fields, before, check):
     """The query-set step and the translation run after the heads and XQDA: the run records what

@@ -122,6 +122,10 @@ class MethodConfig(BaseModel):
     # z(cosine of the ridge-translated query and each palm, PCA-whitened to xqda_pca dims)). 0 = off.
     translation_weight: float = Field(default=0.0, ge=0)
     translation_lambda: float = Field(default=1.0, ge=0)
+    # White-balanced skin colour (biomatch.hands.colour, fitted on the training images only): final =
+    # (the scores above) + colour_weight × z(z(XQDA) + z(translation) / 3) of the colour descriptors,
+    # with xqda_pca, xqda_lambda and translation_lambda. 0 = off.
+    colour_weight: float = Field(default=0.0, ge=0)
     # What the tuning seeds said about this variant (shown in BENCHMARKS.md beside its row).
     verdict: str = ""
 
@@ -145,6 +149,13 @@ class MethodConfig(BaseModel):
     def _one_gallery_rescoring(self) -> MethodConfig:
         if self.cohort_k and self.rerank != "none":
             raise ValueError("cohort_k and rerank both re-score the gallery: use one")
+        return self
+
+    @model_validator(mode="after")
+    def _colour_adds_to_fused_scores(self) -> MethodConfig:
+        if self.colour_weight and not (self.xqda_weight or self.translation_weight):
+            raise ValueError("colour_weight adds to the XQDA/translation-fused (z-scored) scores: "
+                             "needs xqda_weight or translation_weight > 0")
         return self
 
     @model_validator(mode="after")

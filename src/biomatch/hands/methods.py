@@ -219,6 +219,13 @@ class FeatureBank:
             points, self.landmarks_ok = cached_landmarks(ordered, cache, progress)
             if cfg.geometry_weight > 0:
                 self.geometry = cached_geometry(ordered, points, cache)
+        self.colour: np.ndarray | None = None
+        if cfg.colour_weight > 0:
+            from biomatch.hands.colour import cached_skin_colour
+            from biomatch.hands.masking import BackgroundFill
+
+            paint = None if cfg.background == "keep" else BackgroundFill(cfg.background, tuple(cfg.background_color))
+            self.colour = cached_skin_colour(ordered, cache, paint)
         hand_net: dict[int, np.ndarray] = {}  # entry index → hand-net taps (biomatch.hands.handnet), no job
         job_entry: list[int] = []  # per job: its entry in cfg.backbones
         for e, entry in enumerate(cfg.backbones):
@@ -318,6 +325,12 @@ class FeatureBank:
         if self.geometry is None:
             raise ValueError("no geometry features: set geometry_weight > 0")
         return self.geometry[[self.index[s.path] for s in samples]]
+
+    def colour_of(self, samples: Sequence[Sample]) -> np.ndarray:
+        """Skin-colour rows (biomatch.hands.colour) of `samples`."""
+        if self.colour is None:
+            raise ValueError("no colour features: set colour_weight > 0")
+        return self.colour[[self.index[s.path] for s in samples]]
 
     def xqda_features(self, samples: Sequence[Sample]) -> tuple[np.ndarray, list[int]]:
         """(features XQDA reads, their width per backbone): the heads' features, or with
@@ -667,6 +680,8 @@ def run_method(cfg: MethodConfig, split: HandsSplit, device: str = "cpu", cache:
                 scores = _fuse_xqda(cfg, feats, train, scores, q_ids, g_ids, extra, scored_whitenings)
             if cfg.translation_weight:
                 scores = _fuse_translation(cfg, feats, train, scores, q_ids, g_ids, extra, scored_whitenings)
+        if cfg.colour_weight:
+            scores = _fuse_colour(cfg, bank, train, queries, gallery, scores, q_ids, g_ids, extra)
         if cfg.query_neighbours:
             scores = _query_set(cfg, bank, train, queries, scores, q_ids, g_ids, extra)
         ranks = ranks_from_scores(scores, q_ids, g_ids)
@@ -734,6 +749,21 @@ def _fuse_translation(cfg: MethodConfig, feats: XqdaFeatures, train: Sequence[Sa
     for name, s in (("before_translation", scores), ("translation", moved)):
         _record_ablation(extra, name, s, q_ids, g_ids)
     return (scores if cfg.xqda_weight else row_zscore(scores)) + cfg.translation_weight * row_zscore(moved)
+
+
+def _fuse_colour(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], queries: Sequence[Sample],
+                 gallery: Sequence[Sample], scores: np.ndarray, q_ids: Sequence[str], g_ids: Sequence[str],
+                 extra: dict[str, float]) -> np.ndarray:
+    """scores + colour_weight × the skin-colour score (biomatch.hands.colour); the fusion before this
+    step and the colour alone go to `extra`."""
+    from biomatch.hands.colour import colour_scores
+
+    colour = colour_scores(bank.colour_of(train), [s.identity for s in train],
+                           np.array([s.view == GALLERY_VIEW for s in train]), bank.colour_of(queries),
+                           bank.colour_of(gallery), cfg.xqda_pca, cfg.xqda_lambda, cfg.translation_lambda)
+    for name, s in (("before_colour", scores), ("colour", colour)):
+        _record_ablation(extra, name, s, q_ids, g_ids)
+    return scores + cfg.colour_weight * colour
 
 
 def _query_set(cfg: MethodConfig, bank: FeatureBank, train: Sequence[Sample], queries: Sequence[Sample],
