@@ -90,7 +90,10 @@ def test_colour_rows_are_cached_and_a_background_paint_has_its_own_key(hands_sam
     monkeypatch.undo()
     filled = colour.cached_skin_colour(few, tmp_path, paint=BackgroundFill("fill"))
     # with the sheet painted one grey, the white balance is gone: the hand's colour statistics change
-    assert not np.allclose(filled[:, :21], first[:, :21])
+    assert np.isfinite(filled).all() and not np.allclose(filled[:, :21], first[:, :21])
+    # with the hand painted one grey, its "skin" is uniform: no spread in u, v or brightness is left
+    only = colour.cached_skin_colour(few, tmp_path, paint=BackgroundFill("only"))
+    assert np.isfinite(only).all() and np.abs(only[:, [1, 8, 15]]).max() < 1e-9
 
 
 def test_colour_weight_needs_the_fused_scores_it_adds_to():

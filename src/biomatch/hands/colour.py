@@ -61,7 +61,8 @@ def cached_skin_colour(samples: Sequence[Sample], cache: Path | None = None,
                        paint: Callable[[Image.Image], Image.Image] | None = None) -> np.ndarray:
     """(N, WIDTH) descriptors of the samples' photos, rows without a hand or sheet filled with the
     column means; cached beside the landmarks, keyed on the image files and `paint` (a
-    `biomatch.hands.masking.BackgroundFill` for the background controls, applied first)."""
+    `biomatch.hands.masking.BackgroundFill` for the background controls: the hand is masked on the
+    photo and described on the painted image)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from biomatch.data.images import file_fingerprint
@@ -75,9 +76,11 @@ def cached_skin_colour(samples: Sequence[Sample], cache: Path | None = None,
     path = landmark_cache_path(cache).parent / f"colour-{h.hexdigest()[:24]}.npy"
 
     def one(s: Sample) -> np.ndarray:
+        # the hand is found on the photo, as BackgroundFill finds it, and described on the painted image:
+        # "fill" leaves the hand's raw colour (no sheet to divide by), "only" leaves the sheet's colour alone
         image = Image.open(s.path).convert("RGB")
-        rgb = np.asarray(paint(image) if paint else image)
-        return skin_colour(rgb, hand_mask(rgb))
+        photo = np.asarray(image)
+        return skin_colour(np.asarray(paint(image)) if paint else photo, hand_mask(photo))
 
     def compute() -> np.ndarray:
         with ThreadPoolExecutor(max_workers=2) as pool:  # decoding and OpenCV release the GIL
