@@ -38,23 +38,29 @@ def _slow_taps(maps: dict[str, np.ndarray], spec: handnet.NetSpec = handnet.HAND
     return np.concatenate(head), np.concatenate(extra)
 
 
-def test_hand_net_taps_match_a_brute_force_pooling_of_an_undelegated_interpreter(hands_samples, tmp_path):
-    """The taps equal slow loops over the maps of the plain TFLite kernels (no XNNPACK delegate),
-    so neither the delegate nor the vectorized pooling changes what the branch reads."""
+def _reference_maps(spec: handnet.NetSpec, crop: np.ndarray):
+    """(interpreter, {map: array}) of the plain TFLite kernels (no XNNPACK delegate) on `crop`."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    crop = _crop(sorted(hands_samples, key=lambda s: str(s.path))[0], tmp_path)
-    head, extra = handnet.HandNet().taps(crop)
-    assert head.shape == (handnet.head_width(),) and head.shape == (608,)
-    assert extra.shape == (40 * 41 // 2 + 112 * 113 // 2,)
-    ref = Interpreter(model_path=str(handnet.model_path()), experimental_preserve_all_tensors=True,
+    ref = Interpreter(model_path=str(handnet.model_path(spec)), experimental_preserve_all_tensors=True,
                       experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     ref.allocate_tensors()
     names = {t["name"]: t["index"] for t in ref.get_tensor_details()}
     ref.set_tensor(ref.get_input_details()[0]["index"], (crop.astype(np.float32) / 255.0)[None])
     ref.invoke()
     maps = {m: ref.get_tensor(next(i for n, i in names.items() if n.startswith(handnet.TENSOR_PREFIX.format(m))))[0]
-            for m in {*handnet.HEAD_MAPS, *handnet.COV_MAPS}}
+            for m in {*spec.head_maps, *spec.cov_maps}}
+    return ref, maps
+
+
+def test_hand_net_taps_match_a_brute_force_pooling_of_an_undelegated_interpreter(hands_samples, tmp_path):
+    """The taps equal slow loops over the maps of the plain TFLite kernels (no XNNPACK delegate),
+    so neither the delegate nor the vectorized pooling changes what the branch reads."""
+    crop = _crop(sorted(hands_samples, key=lambda s: str(s.path))[0], tmp_path)
+    head, extra = handnet.HandNet().taps(crop)
+    assert head.shape == (handnet.head_width(),) and head.shape == (608,)
+    assert extra.shape == (40 * 41 // 2 + 112 * 113 // 2,)
+    ref, maps = _reference_maps(handnet.HAND_LANDMARK, crop)
     want_head, want_extra = _slow_taps(maps)
     np.testing.assert_allclose(head, want_head, atol=2e-4)
     np.testing.assert_allclose(extra, want_extra, atol=2e-4)
@@ -65,7 +71,6 @@ def test_hand_net_taps_match_a_brute_force_pooling_of_an_undelegated_interpreter
 def test_the_palm_detector_spec_reads_its_maps_as_brute_force_pooling_does(hands_samples, tmp_path):
     """The same reader on the wheel's palm detector (`PALM_DETECTOR`, screened by
     benchmarks/hands_fusion_screen.py): 192×192 input, its four mean/std maps and two covariances."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
     from PIL import Image
 
     spec = handnet.PALM_DETECTOR
@@ -73,14 +78,7 @@ def test_the_palm_detector_spec_reads_its_maps_as_brute_force_pooling_does(hands
                       .resize((192, 192), Image.BILINEAR))
     head, extra = handnet.HandNet(spec=spec).taps(crop)
     assert head.shape == (2 * (64 + 128 + 256 + 256),) and extra.shape == (64 * 65 // 2 + 128 * 129 // 2,)
-    ref = Interpreter(model_path=str(handnet.model_path(spec)), experimental_preserve_all_tensors=True,
-                      experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    ref.allocate_tensors()
-    names = {t["name"]: t["index"] for t in ref.get_tensor_details()}
-    ref.set_tensor(ref.get_input_details()[0]["index"], (crop.astype(np.float32) / 255.0)[None])
-    ref.invoke()
-    maps = {m: ref.get_tensor(next(i for n, i in names.items() if n.startswith(handnet.TENSOR_PREFIX.format(m))))[0]
-            for m in {*spec.head_maps, *spec.cov_maps}}
+    ref, maps = _reference_maps(spec, crop)
     want_head, want_extra = _slow_taps(maps, spec)
     np.testing.assert_allclose(head, want_head, atol=2e-4)
     np.testing.assert_allclose(extra, want_extra, atol=2e-4)

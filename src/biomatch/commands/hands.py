@@ -267,8 +267,9 @@ def _demo_notes(seed: int, references: bool = True) -> str:
             "normalization against the training images, a closed-form XQDA "
             "metric on the same features (and their channel covariances) and a ridge translation of the dorsal "
             "features towards the palm's, both fused with the heads' score; the heads also read XQDA's whitened "
-            "features); it trains its heads on train + val for a fixed budget, so it has no validation curve. "
-            "Background fill costs it "
+            "features; and, where configured, the hand's skin colour with the sheet's colour divided out, a white "
+            "balance per photo); it trains its heads on train + val for a fixed budget, so it has no validation "
+            "curve. Background fill costs it "
             "little, but skin tone, sleeves, rings and the session's lighting remain cues. Mean ± std over seeds "
             "and the controls: BENCHMARKS.md.")
     recorded = _recorded_report_rows()
