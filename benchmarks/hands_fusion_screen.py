@@ -21,8 +21,9 @@ Sources (each rule was fixed before its numbers were seen; session 22):
 Rule (as the best method's own tuning rule, probe N4 of session 20): the best (variant, w) must lower
 the three-draw mean rank by >= 0.03, on >= 4 of 5 seeds, with R@1 no more than 0.005 below.
 
-`python benchmarks/hands_fusion_screen.py [--sources palm_detector,width_profile]`: ~75 s per (seed,
-draw) for S the first time (cached under .cache/hands_screen/), ~80 s for the palm-detector pass.
+`python benchmarks/hands_fusion_screen.py [--method NAME] [--sources palm_detector,width_profile]`: ~75 s per
+(seed, draw) for S the first time (cached under .cache/hands_screen/), ~35 s for the palm-detector pass. The
+recorded screens ran against `--method hands_e8xpl1_xcov_trh_hn`, the best method before skin colour passed.
 """
 
 from __future__ import annotations
@@ -185,14 +186,14 @@ SOURCES = {
 
 # ---- the base: the best method's final scores, per (seed, draw), cached ------------------------------
 
-def base_scores(seed: int, draw: int, samples: Sequence[Sample], directory: Path) -> dict[str, np.ndarray]:
-    """S of the best method on `seed` with head draw `draw` (`run_method(..., head_draw=draw)`), cached
-    as `scores_s{seed}_d{draw}.npz` in `directory`, whose name carries the config file's hash."""
+def base_scores(method: str, seed: int, draw: int, samples: Sequence[Sample], directory: Path) -> dict[str, np.ndarray]:
+    """S of `method` on `seed` with head draw `draw` (`run_method(..., head_draw=draw)`), cached as
+    `scores_s{seed}_d{draw}.npz` in `directory`, whose name carries the config file's hash."""
     path = directory / f"scores_s{seed}_d{draw}.npz"
     if not path.is_file():
         from biomatch.hands.methods import run_method
 
-        cfg = load_method(str(REPO_ROOT / "configs" / f"{BEST_METHOD}.yaml"))
+        cfg = load_method(str(REPO_ROOT / "configs" / f"{method}.yaml"))
         start = time.perf_counter()
         r = run_method(cfg, make_split(samples, seed), progress=False, head_draw=draw)
         directory.mkdir(parents=True, exist_ok=True)
@@ -205,15 +206,22 @@ def base_scores(seed: int, draw: int, samples: Sequence[Sample], directory: Path
     return dict(np.load(path, allow_pickle=False))
 
 
-def base_directory() -> Path:
-    config = (REPO_ROOT / "configs" / f"{BEST_METHOD}.yaml").read_bytes()
-    return cache_dir() / "hands_screen" / f"{BEST_METHOD}-{hashlib.sha256(config).hexdigest()[:12]}"
+def base_directory(method: str) -> Path:
+    """Where `method`'s S is cached: a change to any field that can move S (its hash; the `verdict` and
+    `description` texts excluded) starts a new folder."""
+    path = REPO_ROOT / "configs" / f"{method}.yaml"
+    if not path.is_file():
+        raise InputError(f"no config {path.name} in configs/ for --method {method!r}")
+    fields = load_method(str(path)).model_dump(exclude={"verdict", "description"})
+    key = hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return cache_dir() / "hands_screen" / f"{method}-{key}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sources", default=",".join(SOURCES), help=f"comma-separated, of {', '.join(SOURCES)}")
     parser.add_argument("--seeds", default=",".join(map(str, TUNING_SEEDS)))
+    parser.add_argument("--method", default=BEST_METHOD, help="the config whose final scores S the sources join")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     if set(seeds) & set(REPORT_SEEDS):
@@ -227,7 +235,8 @@ def main() -> None:
     samples = load_hands()
     points, _ = cached_landmarks(samples, progress=False)
     row_of = {s.path: i for i, s in enumerate(samples)}
-    directory = base_directory()
+    method = args.method
+    directory = base_directory(method)
     # (seed, draw, variant, w) → (R@1, mean rank); variant "base" at w 0
     scores: dict[tuple[int, int, str, float], tuple[float, float]] = {}
     alone: dict[tuple[int, str], float] = {}
@@ -247,7 +256,7 @@ def main() -> None:
                 extra = SOURCES[name].extra(pick, train, q, g)
                 alone[(seed, variant)] = retrieval_summary(ranks_from_scores(extra, qid, gid))["mean_rank"]
                 for draw in DRAWS:
-                    base = base_scores(seed, draw, samples, directory)
+                    base = base_scores(method, seed, draw, samples, directory)
                     if list(base["q"]) != [str(s.path) for s in q] or list(base["g"]) != [str(s.path) for s in g]:
                         raise RuntimeError(f"cached base scores of seed {seed} do not match its split: delete {directory}")
                     for w in (0.0, *SOURCES[name].weights):
@@ -263,7 +272,7 @@ def main() -> None:
     base = point("base", 0.0)
     metrics, table = {"base": {"recall@1": float(np.mean(base.recall1)), "mean_rank": float(np.mean(base.mean_rank)),
                                "per_seed_mean_rank": base.mean_rank}}, []
-    table.append([f"{BEST_METHOD} (S, base)", "–", f"{np.mean(base.recall1):.4f}", f"{np.mean(base.mean_rank):.4f}",
+    table.append([f"{method} (S, base)", "–", f"{np.mean(base.recall1):.4f}", f"{np.mean(base.mean_rank):.4f}",
                   " / ".join(f"{x:.2f}" for x in base.mean_rank), "–", "–", "–"])
     verdicts = {}
     for name in names:
@@ -279,9 +288,9 @@ def main() -> None:
             table.append([f"{name}: {p.variant}", f"{p.weight}", f"{np.mean(p.recall1):.4f}", f"{np.mean(p.mean_rank):.4f}",
                           " / ".join(f"{x:.2f}" for x in p.mean_rank), f"{lower} of {len(seeds)}",
                           f"{np.mean([alone[(s, p.variant)] for s in seeds]):.1f}", mark])
-    commits = sorted({str(base_scores(s, d, samples, directory)["commit"]) for s in seeds for d in DRAWS})
+    commits = sorted({str(base_scores(method, s, d, samples, directory)["commit"]) for s in seeds for d in DRAWS})
     write_result("hands_fusion_screen", benchmark="hands_fusion_screen",
-                 method=f"{BEST_METHOD} final scores S + w · extra (late fusion)",
+                 method=f"{method} final scores S + w · extra (late fusion)",
                  dataset="11k Hands (bundled subset)", protocol="dorsal→palmar, as hands_dorsal_palmar; tuning seeds",
                  seeds=seeds, metrics=metrics, timing=timing,
                  reference={"rule": f"best (variant, w): three-draw mean rank <= base - {MIN_GAIN}, lower on >= "
@@ -290,7 +299,7 @@ def main() -> None:
                         "verdicts": verdicts, "sources": {n: SOURCES[n].what for n in names}})
     md = "\n\n".join([
         "## Hands: late-fusion screens on the tuning seeds (`benchmarks/hands_fusion_screen.py`)",
-        f"Each source's score is added to the best method's final scores S (`{BEST_METHOD}`, head draws "
+        f"`--method {method}`. Each source's score is added to that method's final scores S (head draws "
         f"{list(DRAWS)}, S computed at {', '.join(commits)}): S + w · extra. Numbers are three-draw means on the "
         f"tuning seeds {seeds}; the screen chooses, so it never reads the report seeds. Rule, fixed before each "
         f"source was looked at: the best (variant, w) lowers the mean rank by >= {MIN_GAIN}, on >= {MIN_SEEDS} "

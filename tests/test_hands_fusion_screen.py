@@ -73,6 +73,8 @@ def test_the_screen_refuses_report_seeds_and_unknown_sources(screen, monkeypatch
     monkeypatch.setattr(sys, "argv", ["x", "--sources", "palm_detector,tea_leaves"])
     with pytest.raises(InputError, match="tea_leaves"):
         screen.main()
+    with pytest.raises(InputError, match="no config"):
+        screen.base_directory("hands_nonexistent")
 
 
 def test_an_oracle_source_passes_and_a_blank_one_does_not(screen, monkeypatch, hands_samples, tmp_path):
@@ -81,7 +83,7 @@ def test_an_oracle_source_passes_and_a_blank_one_does_not(screen, monkeypatch, h
     must fail. The result record and the BENCHMARKS section are captured, not written."""
     from biomatch.hands.protocol import HandsSplit, make_split
 
-    def base_scores(seed, draw, samples, directory):
+    def base_scores(method, seed, draw, samples, directory):
         split = make_split(samples, seed)
         q, g = HandsSplit.queries(split.test), HandsSplit.gallery(split.test)
         same = np.equal.outer([s.identity for s in q], [s.identity for s in g]).astype(float)
