@@ -56,8 +56,6 @@ HAND_LANDMARK = NetSpec(("modules", "hand_landmark", "hand_landmark_full.tflite"
 # confidence (0.81–0.99 on four aligned crops; [-1, 1] gave 0.45 on one), before any retrieval number
 PALM_DETECTOR = NetSpec(("modules", "palm_detection", "palm_detection_full.tflite"), 192,
                         head_maps=("add_8", "add_13", "add_18", "add_23"), cov_maps=("add_8", "add_13"))
-MODEL_RELPATH, INPUT_SIZE = HAND_LANDMARK.relpath, HAND_LANDMARK.input_size
-HEAD_MAPS, COV_MAPS = HAND_LANDMARK.head_maps, HAND_LANDMARK.cov_maps
 
 
 def model_path(spec: NetSpec = HAND_LANDMARK) -> Path:
@@ -145,7 +143,7 @@ class HandNet:
 
 
 def head_width() -> int:
-    """Width of the head taps (2 × the channels of HEAD_MAPS)."""
+    """Width of the hand-landmark net's head taps (2 × the channels of HAND_LANDMARK.head_maps)."""
     return 2 * (112 + 192)
 
 
