@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from biomatch.config import load_method
+from biomatch.config import MethodConfig, load_method
 from biomatch.data.datasets import Sample
 from biomatch.errors import InputError
 from biomatch.hands.geometry import GeometryScorer
@@ -150,18 +150,18 @@ def skin_colour_rows(samples: Sequence[Sample], points: np.ndarray) -> dict[str,
 
 # ---- extra scores: (queries, gallery) of one split, from the rows of its images ----------------------
 
-def xqda_translation_extra(rows: np.ndarray, train: Sequence[Sample], queries: Sequence[Sample],
-                           gallery: Sequence[Sample]) -> np.ndarray:
-    """rowz(rowz(XQDA) + rowz(translation) / 3): the method's own ratio of the two (weights 0.3 / 0.1),
-    its PCA width 256 and its lambdas 0.01 and 1.0 (`biomatch.hands.colour.colour_scores`)."""
+# each takes (train rows, query rows, gallery rows), the training samples and the method's config
+
+def xqda_translation_extra(rows: Sequence[np.ndarray], train: Sequence[Sample], cfg: MethodConfig) -> np.ndarray:
+    """rowz(rowz(XQDA) + rowz(translation) / 3) with the method's PCA width and lambdas: its own
+    fusion of the two (`biomatch.hands.colour.colour_scores`)."""
     from biomatch.hands.colour import colour_scores
 
     return colour_scores(rows[0], [s.identity for s in train], np.array([s.view == GALLERY_VIEW for s in train]),
-                         rows[1], rows[2], 256, 0.01, 1.0)
+                         rows[1], rows[2], cfg.xqda_pca, cfg.xqda_lambda, cfg.translation_lambda)
 
 
-def geometry_extra(rows: np.ndarray, train: Sequence[Sample], queries: Sequence[Sample],
-                   gallery: Sequence[Sample]) -> np.ndarray:
+def geometry_extra(rows: Sequence[np.ndarray], train: Sequence[Sample], cfg: MethodConfig) -> np.ndarray:
     """rowz of the method's geometry scorer (LDA on the training subjects, cosine)."""
     return row_zscore(GeometryScorer.fit(rows[0], [s.identity for s in train]).scores(rows[1], rows[2]))
 
@@ -169,7 +169,7 @@ def geometry_extra(rows: np.ndarray, train: Sequence[Sample], queries: Sequence[
 @dataclass(frozen=True)
 class Source:
     rows: Callable[[Sequence[Sample], np.ndarray], dict[str, np.ndarray]]
-    extra: Callable[..., np.ndarray]
+    extra: Callable[[Sequence[np.ndarray], Sequence[Sample], MethodConfig], np.ndarray]
     weights: tuple[float, ...]
     what: str
 
@@ -188,7 +188,7 @@ SOURCES = {
 
 def base_scores(method: str, seed: int, draw: int, samples: Sequence[Sample], directory: Path) -> dict[str, np.ndarray]:
     """S of `method` on `seed` with head draw `draw` (`run_method(..., head_draw=draw)`), cached as
-    `scores_s{seed}_d{draw}.npz` in `directory`, whose name carries the config file's hash."""
+    `scores_s{seed}_d{draw}.npz` in `directory` (`base_directory`)."""
     path = directory / f"scores_s{seed}_d{draw}.npz"
     if not path.is_file():
         from biomatch.hands.methods import run_method
@@ -237,8 +237,21 @@ def main() -> None:
     row_of = {s.path: i for i, s in enumerate(samples)}
     method = args.method
     directory = base_directory(method)
+    cfg = load_method(str(REPO_ROOT / "configs" / f"{method}.yaml"))
+    # per seed: the split's (train, queries, gallery) as the method trains and tests, and S of each draw
+    parts, bases = {}, {}
     # (seed, draw, variant, w) → (R@1, mean rank); variant "base" at w 0
     scores: dict[tuple[int, int, str, float], tuple[float, float]] = {}
+    for seed in seeds:
+        split = make_split(samples, seed)
+        q, g = HandsSplit.queries(split.test), HandsSplit.gallery(split.test)
+        parts[seed] = (split.train + split.val if cfg.train_on_val else split.train, q, g)
+        for draw in DRAWS:
+            base = bases[(seed, draw)] = base_scores(method, seed, draw, samples, directory)
+            if list(base["q"]) != [str(s.path) for s in q] or list(base["g"]) != [str(s.path) for s in g]:
+                raise RuntimeError(f"cached base scores of seed {seed} do not match its split: delete {directory}")
+            m = retrieval_summary(ranks_from_scores(base["scores"], [s.identity for s in q], [s.identity for s in g]))
+            scores[(seed, draw, "base", 0.0)] = (m["recall@1"], m["mean_rank"])
     alone: dict[tuple[int, str], float] = {}
     timing: dict[str, float] = {}
     variants: dict[str, list[str]] = {}
@@ -248,20 +261,15 @@ def main() -> None:
         timing[f"{name} features s"] = round(time.perf_counter() - start, 1)
         variants[name] = list(rows)
         for seed in seeds:
-            split = make_split(samples, seed)
-            train, q, g = split.train + split.val, HandsSplit.queries(split.test), HandsSplit.gallery(split.test)
+            train, q, g = parts[seed]
             qid, gid = [s.identity for s in q], [s.identity for s in g]
             for variant, f in rows.items():
-                pick = [f[[row_of[s.path] for s in part]] for part in (train, q, g)]
-                extra = SOURCES[name].extra(pick, train, q, g)
+                extra = SOURCES[name].extra([f[[row_of[s.path] for s in part]] for part in parts[seed]], train, cfg)
                 alone[(seed, variant)] = retrieval_summary(ranks_from_scores(extra, qid, gid))["mean_rank"]
                 for draw in DRAWS:
-                    base = base_scores(method, seed, draw, samples, directory)
-                    if list(base["q"]) != [str(s.path) for s in q] or list(base["g"]) != [str(s.path) for s in g]:
-                        raise RuntimeError(f"cached base scores of seed {seed} do not match its split: delete {directory}")
-                    for w in (0.0, *SOURCES[name].weights):
-                        m = retrieval_summary(ranks_from_scores(base["scores"] + w * extra, qid, gid))
-                        scores[(seed, draw, "base" if w == 0 else variant, w)] = (m["recall@1"], m["mean_rank"])
+                    for w in SOURCES[name].weights:
+                        m = retrieval_summary(ranks_from_scores(bases[(seed, draw)]["scores"] + w * extra, qid, gid))
+                        scores[(seed, draw, variant, w)] = (m["recall@1"], m["mean_rank"])
             print(f"{name}: seed {seed} done", flush=True)
 
     def point(variant: str, w: float) -> ScreenPoint:
@@ -288,7 +296,7 @@ def main() -> None:
             table.append([f"{name}: {p.variant}", f"{p.weight}", f"{np.mean(p.recall1):.4f}", f"{np.mean(p.mean_rank):.4f}",
                           " / ".join(f"{x:.2f}" for x in p.mean_rank), f"{lower} of {len(seeds)}",
                           f"{np.mean([alone[(s, p.variant)] for s in seeds]):.1f}", mark])
-    commits = sorted({str(base_scores(method, s, d, samples, directory)["commit"]) for s in seeds for d in DRAWS})
+    commits = sorted({str(base["commit"]) for base in bases.values()})
     write_result("hands_fusion_screen", benchmark="hands_fusion_screen",
                  method=f"{method} final scores S + w · extra (late fusion)",
                  dataset="11k Hands (bundled subset)", protocol="dorsal→palmar, as hands_dorsal_palmar; tuning seeds",

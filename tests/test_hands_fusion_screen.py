@@ -94,7 +94,7 @@ def test_an_oracle_source_passes_and_a_blank_one_does_not(screen, monkeypatch, h
     ids = sorted({s.identity for s in hands_samples})
     one_hot = np.eye(len(ids))[[ids.index(s.identity) for s in hands_samples]]
 
-    def oracle_extra(rows, train, queries, gallery):
+    def oracle_extra(rows, train, cfg):
         return rows[1] @ rows[2].T
 
     sources = {"oracle": screen.Source(lambda samples, points: {"O": one_hot}, oracle_extra, (0.5,), "the labels"),
