@@ -200,7 +200,7 @@ class FeatureBank:
         # each data set whole (e.g. the low-res set + the extra training photos), in a fixed order
         ordered = [s for root in sorted(by_root) for s in _whole_dataset(by_root[root])]
         self.index = {s.path: i for i, s in enumerate(ordered)}
-        from biomatch.hands.masking import background_transform
+        from biomatch.hands.masking import BackgroundFill, background_transform
 
         plain, mirrored, self.backbones = [], [], []
         jobs: list[FeatureJob] = []
@@ -219,12 +219,12 @@ class FeatureBank:
             points, self.landmarks_ok = cached_landmarks(ordered, cache, progress)
             if cfg.geometry_weight > 0:
                 self.geometry = cached_geometry(ordered, points, cache)
+        # the background control's painting, for the parts that read photos outside the backbone transforms
+        paint = None if cfg.background == "keep" else BackgroundFill(cfg.background, tuple(cfg.background_color))
         self.colour: np.ndarray | None = None
         if cfg.colour_weight > 0:
             from biomatch.hands.colour import cached_skin_colour
-            from biomatch.hands.masking import BackgroundFill
 
-            paint = None if cfg.background == "keep" else BackgroundFill(cfg.background, tuple(cfg.background_color))
             self.colour = cached_skin_colour(ordered, cache, paint)
         hand_net: dict[int, np.ndarray] = {}  # entry index → hand-net taps (biomatch.hands.handnet), no job
         job_entry: list[int] = []  # per job: its entry in cfg.backbones
@@ -232,9 +232,7 @@ class FeatureBank:
             name, _, variant = entry.partition("@")
             if name == HAND_NET:
                 from biomatch.hands.handnet import cached_handnet_features
-                from biomatch.hands.masking import BackgroundFill
 
-                paint = None if cfg.background == "keep" else BackgroundFill(cfg.background, tuple(cfg.background_color))
                 hand_net[e] = cached_handnet_features(ordered, points, cache, progress, paint)
                 continue
             bb = create_backbone(name, pool=cfg.pool).to(device)
